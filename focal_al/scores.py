@@ -1,0 +1,70 @@
+"""Per-round pool scores: the arrays every query criterion reads (numpy only, no torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PoolScores:
+    """What one pass of the network over a pool yields, per sample (patch or whole image).
+
+    Parameters
+    ----------
+    entropy : ndarray of shape (n_samples,)
+        Mean pixel entropy, ``-sum_j p_j log p_j`` averaged over the sample's pixels (IU, Eq. 2).
+    margin : ndarray of shape (n_samples,)
+        Mean pixel margin between the two most probable classes (small = uncertain).
+    least_confidence : ndarray of shape (n_samples,)
+        Mean of ``1 - max_j p_j`` over the sample's pixels.
+    descriptors : ndarray of shape (n_samples, d)
+        Channel-wise average of the encoder's bottleneck output.
+    extras : mapping of str to ndarray of shape (n_samples, ...)
+        Further per-sample arrays (for example ensemble disagreement for Suggestive Annotation).
+    """
+
+    entropy: np.ndarray
+    margin: np.ndarray
+    least_confidence: np.ndarray
+    descriptors: np.ndarray
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.entropy)
+        arrays = {
+            "entropy": self.entropy,
+            "margin": self.margin,
+            "least_confidence": self.least_confidence,
+            "descriptors": self.descriptors,
+            **{f"extras[{k!r}]": v for k, v in self.extras.items()},
+        }
+        problems = [
+            f"{name} has {len(np.asarray(a))} rows" for name, a in arrays.items() if len(np.asarray(a)) != n
+        ]
+        if problems:
+            raise ValueError(
+                f"PoolScores arrays must all have one row per sample ({n}, from entropy); "
+                + ", ".join(problems) + "."
+            )
+        if np.ndim(self.descriptors) != 2:
+            raise ValueError(
+                f"PoolScores.descriptors must be 2-D (n_samples, d). Got shape {np.shape(self.descriptors)}."
+            )
+        object.__setattr__(self, "extras", MappingProxyType(dict(self.extras)))
+
+    def __len__(self) -> int:
+        return len(self.entropy)
+
+    def take(self, indices) -> "PoolScores":
+        """The scores of a subset of samples, in the order of ``indices``."""
+        indices = np.asarray(indices)
+        return PoolScores(
+            entropy=self.entropy[indices],
+            margin=self.margin[indices],
+            least_confidence=self.least_confidence[indices],
+            descriptors=self.descriptors[indices],
+            extras={k: v[indices] for k, v in self.extras.items()},
+        )
