@@ -28,6 +28,7 @@ setup(
         "Pillow>=10",
         "tifffile>=2023.1",
         "scipy>=1.10",
+        "scikit-image>=0.21",
         "matplotlib>=3.7",
         "tqdm>=4.60",
     ],
