@@ -1,0 +1,431 @@
+"""Selectors shared by the strategies: ranking, diversity cores, clustering, quotas, Algorithm 1.
+
+Everything here is numpy (plus scikit-learn's MiniBatchKMeans); no torch. Criteria are passed by
+registry name or as callables, so a user's criterion replaces a built-in one anywhere.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+__all__ = [
+    "check_n_instances",
+    "top_rank",
+    "sorted_descriptors",
+    "mean_sq_sorted_distance",
+    "mean_sorted_distance",
+    "kmeans",
+    "allocate_quotas",
+    "cluster_importance",
+    "evaluate_criterion",
+    "double_ranking",
+]
+
+# Rows of the pairwise block computed at once by mean_sorted_distance: bounds the temporary
+# (block x Q [x d]) arrays to a few tens of MB whatever Q is.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def check_n_instances(n_instances, n_candidates: int, *, what: str = "candidates") -> int:
+    """Validate a query size: an int in ``[1, n_candidates]``; returns it as ``int``."""
+    if isinstance(n_instances, (bool, np.bool_)) or not isinstance(n_instances, (int, np.integer)):
+        raise TypeError(f"The 'n_instances' parameter must be an int. Got {n_instances!r} instead.")
+    if n_candidates == 0:
+        raise ValueError(f"There are no {what} left to query (the pool is empty or fully labelled).")
+    if not 1 <= n_instances <= n_candidates:
+        raise ValueError(
+            f"The 'n_instances' parameter must be in [1, {n_candidates}] (the number of {what}). "
+            f"Got {n_instances} instead."
+        )
+    return int(n_instances)
+
+
+def top_rank(values, n: int) -> np.ndarray:
+    """Positions of the ``n`` largest values, best first; ties go to the lower position.
+
+    Parameters
+    ----------
+    values : ndarray of shape (m,)
+    n : int
+        0 <= n <= m.
+
+    Returns
+    -------
+    ndarray of int of shape (n,)
+    """
+    values = np.asarray(values)
+    m = len(values)
+    if not 0 <= n <= m:
+        raise ValueError(f"top_rank needs 0 <= n <= {m} (the number of values). Got {n} instead.")
+    if n == 0:
+        return np.empty(0, dtype=np.intp)
+    if n < m:
+        # A partial partition is O(m); the deterministic tie rule is applied on the threshold only.
+        threshold = np.partition(values, m - n)[m - n]
+        above = np.flatnonzero(values > threshold)
+        ties = np.flatnonzero(values == threshold)[: n - len(above)]
+        chosen = np.concatenate([above, ties])
+    else:
+        chosen = np.arange(m)
+    order = np.lexsort((chosen, -values[chosen]))
+    return chosen[order].astype(np.intp)
+
+
+def sorted_descriptors(descriptors) -> np.ndarray:
+    """Each descriptor's values sorted ascending, in float64.
+
+    The 1-D optimal-transport identity: the W of Eq. 4 (squared cost, best permutation) between two
+    descriptors is the squared Euclidean distance between their sorted values.
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n, d)
+
+    Returns
+    -------
+    ndarray of float64 of shape (n, d)
+    """
+    z = np.asarray(descriptors)
+    if z.ndim != 2:
+        raise ValueError(f"Descriptors must be 2-D (n, d). Got shape {z.shape} instead.")
+    # Sorting before the cast keeps float32 input light; the cast is exact.
+    return np.sort(z, axis=1).astype(np.float64, copy=False)
+
+
+def mean_sq_sorted_distance(descriptors) -> np.ndarray:
+    """Mean of W_{n,q} (Eq. 4) over the other rows q != n, exactly, in O(n d log d).
+
+    With sorted descriptors z and their mean zbar,
+    ``sum_q ||z_n - z_q||^2 = n ||z_n - zbar||^2 + sum_q ||z_q - zbar||^2``; dividing by ``n - 1``
+    leaves out q = n (whose term is 0). A single row has no other row: its mean is 0.
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n, d)
+
+    Returns
+    -------
+    ndarray of float64 of shape (n,)
+    """
+    z = sorted_descriptors(descriptors)
+    n = len(z)
+    if n <= 1:
+        return np.zeros(n)
+    centred = z - z.mean(axis=0)
+    sq = np.einsum("ij,ij->i", centred, centred)
+    return (n * sq + sq.sum()) / (n - 1)
+
+
+def mean_sorted_distance(descriptors, *, p: float = 2.0, root: bool = False) -> np.ndarray:
+    """Mean over q != n of the 1-D transport cost between sorted descriptors, computed blockwise.
+
+    ``cost(n, q) = sum_m |z_{n,m} - z_{q,m}|^p`` (the best-permutation cost for any convex
+    ``|.|^p``), optionally raised to ``1/p`` (``root=True``: the p-Wasserstein distance scaled by
+    ``d^(1/p)``). For ``p = 2`` the pairwise block comes from one matrix product
+    (``|a|^2 + |b|^2 - 2 a.b``); other ``p`` use blocked broadcasting. Never a loop over pairs.
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n, d)
+    p : float
+        Exponent of the ground cost, ``p >= 1``.
+    root : bool
+        Take the ``1/p`` power of each pairwise cost before averaging.
+
+    Returns
+    -------
+    ndarray of float64 of shape (n,)
+    """
+    if not p >= 1:
+        raise ValueError(f"The 'p' parameter must be >= 1. Got {p!r} instead.")
+    if p == 2 and not root:
+        return mean_sq_sorted_distance(descriptors)
+    z = sorted_descriptors(descriptors)
+    n, d = z.shape
+    if n <= 1:
+        return np.zeros(n)
+    out = np.empty(n)
+    norms = np.einsum("ij,ij->i", z, z)
+    per_row = n if p == 2 else n * d
+    block = max(1, _BLOCK_ELEMENTS // per_row)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        if p == 2:
+            cost = norms[start:stop, None] + norms[None, :] - 2.0 * (z[start:stop] @ z.T)
+            # Cancellation can leave tiny negatives where the true cost is 0.
+            np.maximum(cost, 0.0, out=cost)
+        else:
+            cost = (np.abs(z[start:stop, None, :] - z[None, :, :]) ** p).sum(axis=2)
+        if root:
+            cost **= 1.0 / p
+        cost[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        out[start:stop] = cost.sum(axis=1) / (n - 1)
+    return out
+
+
+def kmeans(descriptors, k: int, *, rng: np.random.Generator, n_init: int = 3, batch_size: int = 4096):
+    """Cluster descriptors with scikit-learn's MiniBatchKMeans, seeded from ``rng``.
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n, d)
+    k : int
+        Number of clusters, ``1 <= k <= n``.
+    rng : numpy.random.Generator
+        Source of the k-means seed.
+    n_init : int
+        Number of initialisations (fixed, so results do not depend on a library default).
+    batch_size : int
+        Mini-batch size.
+
+    Returns
+    -------
+    labels : ndarray of int of shape (n,)
+        Cluster of each row, in ``0 .. k-1``.
+    centroids : ndarray of shape (k, d)
+    """
+    from sklearn.cluster import MiniBatchKMeans
+
+    x = np.asarray(descriptors)
+    if x.ndim != 2:
+        raise ValueError(f"Descriptors must be 2-D (n, d). Got shape {x.shape} instead.")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"The 'k' parameter (number of clusters) must be an int >= 1. Got {k!r} instead.")
+    if k > len(x):
+        raise ValueError(
+            f"The 'k' parameter ({k} clusters) must not exceed the number of candidates ({len(x)}); "
+            f"lower k or query from a larger pool."
+        )
+    if k == 1:
+        return np.zeros(len(x), dtype=np.intp), x.mean(axis=0, keepdims=True)
+    seed = int(rng.integers(2**31 - 1))
+    model = MiniBatchKMeans(n_clusters=k, n_init=n_init, batch_size=min(batch_size, len(x)), random_state=seed)
+    labels = model.fit_predict(x)
+    return labels.astype(np.intp), model.cluster_centers_
+
+
+def allocate_quotas(weights, total: int, capacities=None) -> np.ndarray:
+    """Split ``total`` into integer quotas proportional to ``weights`` (largest remainder).
+
+    The quotas sum to ``total`` exactly. A group whose capacity is below its share keeps its
+    capacity and the surplus is shared among the others in proportion to their weights, repeatedly,
+    until every quota fits.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (k,)
+        Non-negative; all zero means equal shares.
+    total : int
+        Non-negative, at most ``capacities.sum()``.
+    capacities : ndarray of int of shape (k,), optional
+        Upper bound of each quota (e.g. the number of candidates in a cluster).
+
+    Returns
+    -------
+    ndarray of int of shape (k,)
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    k = len(w)
+    if w.ndim != 1 or k == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"Quota weights must be a non-empty 1-D array of finite values >= 0. Got {w!r} instead.")
+    cap = np.full(k, total, dtype=np.int64) if capacities is None else np.asarray(capacities, dtype=np.int64)
+    if cap.shape != (k,):
+        raise ValueError(f"capacities must have shape ({k},), one per weight. Got {cap.shape} instead.")
+    if not 0 <= total <= cap.sum():
+        raise ValueError(f"Cannot allocate {total} among groups holding {int(cap.sum())} in total.")
+    quotas = np.zeros(k, dtype=np.int64)
+    open_ = cap > 0
+    remaining = int(total)
+    while remaining > 0:
+        ww = np.where(open_, w, 0.0)
+        if ww.sum() <= 0:
+            # Only zero-weight groups still have room: share equally among them.
+            ww = open_.astype(np.float64)
+        share = remaining * ww / ww.sum()
+        base = np.floor(share).astype(np.int64)
+        extra = remaining - base.sum()
+        # Ties in the remainder go to the lower index (stable sort), for reproducibility.
+        order = np.argsort(-(share - base), kind="stable")
+        base[order[:extra]] += 1
+        room = cap - quotas
+        take = np.minimum(base, room)
+        quotas += take
+        remaining -= int(take.sum())
+        open_ = (cap - quotas) > 0
+    return quotas
+
+
+def _label(criterion) -> str:
+    return criterion if isinstance(criterion, str) else getattr(criterion, "__name__", repr(criterion))
+
+
+def _resolve(criterion) -> Callable:
+    if isinstance(criterion, str):
+        from focal_al.registry import get_criterion
+
+        return get_criterion(criterion)
+    if not callable(criterion):
+        raise TypeError(f"A criterion is a registered name or a callable. Got {criterion!r} instead.")
+    return criterion
+
+
+def evaluate_criterion(criterion, scores, candidates, rng) -> np.ndarray:
+    """Run an instance criterion on ``candidates`` and check its output.
+
+    Parameters
+    ----------
+    criterion : str or callable
+        Registered name or function ``(scores, candidates, rng) -> ndarray (len(candidates),)``.
+    scores : PoolScores
+    candidates : ndarray of int of shape (m,)
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray of float64 of shape (m,)
+    """
+    func = _resolve(criterion)
+    values = np.asarray(func(scores, candidates, rng), dtype=np.float64)
+    if values.shape != (len(candidates),):
+        raise ValueError(
+            f"Criterion {_label(criterion)!r} returned shape {values.shape}; expected ({len(candidates)},), "
+            "one score per candidate."
+        )
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(
+            f"Criterion {_label(criterion)!r} produced {int(bad.sum())} non-finite scores (first at candidate "
+            f"{int(candidates[np.argmax(bad)])}); check the pool scores it reads (NaN probabilities or descriptors?)."
+        )
+    return values
+
+
+def _cluster_values(criterion, descriptors, labels, centroids) -> np.ndarray:
+    func = _resolve(criterion)
+    k = len(centroids)
+    values = np.asarray(func(descriptors, labels, centroids), dtype=np.float64)
+    if values.shape != (k,):
+        raise ValueError(f"Cluster criterion {_label(criterion)!r} returned shape {values.shape}; expected ({k},).")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(
+            f"Cluster criterion {_label(criterion)!r} must return finite values >= 0. Got {values!r} instead."
+        )
+    return values
+
+
+def _normalise(values: np.ndarray) -> np.ndarray:
+    total = values.sum()
+    # All-zero (e.g. every cluster a single point): no cluster is preferred.
+    return values / total if total > 0 else np.full(len(values), 1.0 / len(values))
+
+
+def cluster_importance(
+    descriptors,
+    labels,
+    centroids,
+    *,
+    lam: float = 0.5,
+    uncertainty="cu",
+    diversity="cd",
+    normalize: str | None = "sum",
+) -> np.ndarray:
+    """Cluster importance, Eq. 8: ``I_c = lam * CU_c + (1 - lam) * CD_c``, normalised to sum 1.
+
+    Parameters
+    ----------
+    descriptors : ndarray of shape (n, d)
+    labels : ndarray of int of shape (n,)
+    centroids : ndarray of shape (k, d)
+    lam : float
+        Weight of cluster uncertainty, in [0, 1].
+    uncertainty, diversity : str or callable
+        Cluster criteria (registered names or functions), by default CU (Eq. 6) and CD (Eq. 7).
+    normalize : {"sum", None}
+        ``"sum"`` (default, our decision): scale CU and CD each to sum 1 over the clusters before
+        mixing, because they live on different scales. ``None``: mix the raw values, as the paper
+        writes Eq. 8. Either way the mixture is then normalised to sum 1 (equal shares if all zero).
+
+    Returns
+    -------
+    ndarray of float64 of shape (k,)
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"The 'lam' parameter must be in [0, 1]. Got {lam!r} instead.")
+    if normalize not in ("sum", None):
+        raise ValueError(f"The 'normalize' parameter must be 'sum' or None. Got {normalize!r} instead.")
+    cu = _cluster_values(uncertainty, descriptors, labels, centroids)
+    cd = _cluster_values(diversity, descriptors, labels, centroids)
+    if normalize == "sum":
+        cu, cd = _normalise(cu), _normalise(cd)
+    return _normalise(lam * cu + (1.0 - lam) * cd)
+
+
+def double_ranking(
+    scores,
+    candidates,
+    n_instances: int,
+    *,
+    n_candidates: int,
+    cluster_labels,
+    importance,
+    rank_criterion="iu",
+    diversity_criterion="id",
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Algorithm 1, cluster-instance double ranking.
+
+    Per cluster c: quotas ``T_c`` and ``Q_c`` from ``importance`` by largest remainder (a cluster
+    with fewer candidates passes its surplus to the others; ``Q_c >= T_c``); keep the top ``Q_c``
+    candidates by ``rank_criterion`` (IU), score those by ``diversity_criterion`` computed over that
+    refined set (S, Eq. 5), take the top ``T_c``.
+
+    Parameters
+    ----------
+    scores : PoolScores
+        Scores of the whole pool.
+    candidates : ndarray of int of shape (m,)
+        Pool indices that may be chosen.
+    n_instances : int
+        T, the number of indices returned.
+    n_candidates : int
+        Q, the number kept by the first ranking, ``T <= Q`` (clipped to m).
+    cluster_labels : ndarray of int of shape (m,)
+        Cluster of each candidate, in ``0 .. k-1``.
+    importance : ndarray of shape (k,)
+        Cluster importance (non-negative, normalised here).
+    rank_criterion, diversity_criterion : str or callable
+        Instance criteria, by registry name or as functions.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray of int of shape (n_instances,)
+        Pool indices, unique, from ``candidates``; cluster by cluster, best first.
+    """
+    candidates = np.asarray(candidates, dtype=np.intp)
+    labels = np.asarray(cluster_labels)
+    if labels.shape != candidates.shape:
+        raise ValueError(
+            f"cluster_labels must have one entry per candidate ({len(candidates)}). Got shape {labels.shape} instead."
+        )
+    t = check_n_instances(n_instances, len(candidates))
+    q = int(min(max(int(n_candidates), t), len(candidates)))
+    importance = np.asarray(importance, dtype=np.float64)
+    k = len(importance)
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"cluster_labels must lie in [0, {k}) (one importance per cluster).")
+    members = [np.flatnonzero(labels == c) for c in range(k)]
+    sizes = np.array([len(m) for m in members])
+    t_c = allocate_quotas(_normalise(importance), t, sizes)
+    q_c = np.maximum(allocate_quotas(_normalise(importance), q, sizes), t_c)
+    chosen = []
+    for c in range(k):
+        if t_c[c] == 0:
+            continue
+        cluster = candidates[members[c]]
+        uncertainty = evaluate_criterion(rank_criterion, scores, cluster, rng)
+        refined = cluster[top_rank(uncertainty, int(q_c[c]))]
+        reweighted = evaluate_criterion(diversity_criterion, scores, refined, rng)
+        chosen.append(refined[top_rank(reweighted, int(t_c[c]))])
+    return np.concatenate(chosen).astype(np.intp)

@@ -1,0 +1,107 @@
+"""Built-in query criteria of focal-al (entry point ``focal_al.criteria: builtin``).
+
+Instance criteria: ``criterion(scores, candidates, rng) -> ndarray of shape (len(candidates),)``,
+higher = ask first. Cluster criteria: ``criterion(descriptors, labels, centroids) -> ndarray (k,)``,
+higher = more important. Pure numpy functions: no torch, no I/O, no mutation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from focal_al.registry import register_criterion
+from focal_al.selection import mean_sorted_distance, mean_sq_sorted_distance
+
+# ----------------------------------------------------------------------------- instance criteria
+
+
+@register_criterion("iu")
+def instance_uncertainty(scores, candidates, rng):
+    """Instance uncertainty (Eq. 2): mean pixel entropy of each candidate."""
+    return np.asarray(scores.entropy, dtype=np.float64)[candidates]
+
+
+@register_criterion("margin")
+def margin(scores, candidates, rng):
+    """Margin uncertainty: minus the mean gap between the two most probable classes."""
+    return -np.asarray(scores.margin, dtype=np.float64)[candidates]
+
+
+@register_criterion("least-confidence")
+def least_confidence(scores, candidates, rng):
+    """Least confidence: mean of 1 - max_j p_j over each candidate's pixels."""
+    return np.asarray(scores.least_confidence, dtype=np.float64)[candidates]
+
+
+@register_criterion("random")
+def random_score(scores, candidates, rng):
+    """Uniform random scores from the query's generator (the random baseline as a criterion)."""
+    return rng.random(len(candidates))
+
+
+@register_criterion("disagreement")
+def disagreement(scores, candidates, rng):
+    """Ensemble disagreement, read from ``scores.extras["disagreement"]`` (Suggestive Annotation)."""
+    if "disagreement" not in scores.extras:
+        raise KeyError(
+            "Criterion 'disagreement' reads scores.extras['disagreement'] (per-sample ensemble variance); "
+            f"these PoolScores have extras {sorted(scores.extras)}."
+        )
+    return np.asarray(scores.extras["disagreement"], dtype=np.float64)[candidates]
+
+
+@register_criterion("id")
+def instance_diversity(scores, candidates, rng):
+    """IU reweighted by instance diversity (Eqs. 3-5): H_n times mean W_{n,q} over the other candidates."""
+    entropy = np.asarray(scores.entropy, dtype=np.float64)[candidates]
+    return entropy * mean_sq_sorted_distance(scores.descriptors[candidates])
+
+
+@register_criterion("id-rooted")
+def instance_diversity_rooted(scores, candidates, rng):
+    """As 'id' with the rooted distance sqrt(W_{n,q}) (a true 2-Wasserstein metric), computed by GEMM."""
+    entropy = np.asarray(scores.entropy, dtype=np.float64)[candidates]
+    return entropy * mean_sorted_distance(scores.descriptors[candidates], p=2, root=True)
+
+
+@register_criterion("id-w1")
+def instance_diversity_w1(scores, candidates, rng):
+    """As 'id' with the 1-Wasserstein cost sum_m |z_n,m - z_q,m| between sorted descriptors."""
+    entropy = np.asarray(scores.entropy, dtype=np.float64)[candidates]
+    return entropy * mean_sorted_distance(scores.descriptors[candidates], p=1)
+
+
+# ------------------------------------------------------------------------------ cluster criteria
+
+
+def _centroid_sq_distances(centroids):
+    c = np.asarray(centroids, dtype=np.float64)
+    diff = c[:, None, :] - c[None, :, :]
+    return np.einsum("ijk,ijk->ij", diff, diff)
+
+
+@register_criterion("cu", kind="cluster")
+def cluster_uncertainty(descriptors, labels, centroids):
+    """Cluster uncertainty (Eq. 6): mean squared distance of a cluster's descriptors to its centroid."""
+    x = np.asarray(descriptors, dtype=np.float64)
+    c = np.asarray(centroids, dtype=np.float64)
+    k = len(c)
+    sq = np.einsum("ij,ij->i", x - c[labels], x - c[labels])
+    totals = np.bincount(labels, weights=sq, minlength=k)
+    counts = np.bincount(labels, minlength=k)
+    # An empty cluster has no spread.
+    return np.divide(totals, counts, out=np.zeros(k), where=counts > 0)
+
+
+@register_criterion("cd", kind="cluster")
+def cluster_diversity(descriptors, labels, centroids):
+    """Cluster diversity (Eq. 7): squared distances of a centroid to the other centroids, summed, over k-1."""
+    k = len(centroids)
+    if k == 1:
+        return np.zeros(1)
+    return _centroid_sq_distances(centroids).sum(axis=1) / (k - 1)
+
+
+@register_criterion("uniform", kind="cluster")
+def uniform(descriptors, labels, centroids):
+    """Equal importance for every cluster (Table 1, strategy 6)."""
+    return np.ones(len(centroids))
