@@ -160,7 +160,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+    # Finite only: NaN would silently drop out of means and cannot be written back as JSON.
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -186,11 +187,11 @@ def _record_problems(record: Any) -> list[str]:
         problems.append(f"'cost' must be a number in [0, 1], got {record['cost']!r}")
     for key in ("dice", "voe", "object_f1", "object_dice"):
         if key in record and not _is_number(record[key]):
-            problems.append(f"{key!r} must be a number, got {record[key]!r}")
+            problems.append(f"{key!r} must be a finite number, got {record[key]!r}")
     for key in OPTIONAL_KEYS[1:]:
         value = record.get(key)
         if value is not None and not _is_number(value):
-            problems.append(f"{key!r} must be a number or null, got {value!r}")
+            problems.append(f"{key!r} must be a finite number or null, got {value!r}")
     return problems
 
 

@@ -1,0 +1,248 @@
+"""Bench figures: learning curves (Fig. 4), cluster criteria (Fig. 5) and queried patches (Fig. 6).
+
+matplotlib is imported inside each function (with the non-interactive Agg backend), so importing
+this module stays cheap. Every figure is written atomically as a PNG.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from focal_al.bench.records import atomic_write_bytes
+from focal_al.bench.report import METRIC_NAMES, _runs, curve
+
+_DPI = 120
+
+
+def _pyplot():
+    import matplotlib
+
+    # Agg renders to files only; the bench runs on headless machines.
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _labels(records: Sequence[dict]) -> dict[str, str]:
+    """Strategy name to display label (the label of its first record), ordered by label."""
+    labels: dict[str, str] = {}
+    for record in records:
+        labels.setdefault(record["strategy"], record.get("label") or record["strategy"])
+    return dict(sorted(labels.items(), key=lambda kv: (kv[1], kv[0])))
+
+
+def _plot_mean_band(ax, c, *, color, label) -> None:
+    """Mean over seeds where every seed is defined, with a +-1 std band (two or more seeds)."""
+    x = 100 * c.grid[c.complete]
+    mean = c.mean[c.complete]
+    std = c.std[c.complete]
+    if len(x) == 0:
+        return
+    # A single round is a single point; a line alone would not show it.
+    marker = "o" if len(x) <= 25 else None
+    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=3, linewidth=1.6)
+    if len(c.seeds) >= 2:
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def plot_learning_curves(
+    records: Sequence[dict],
+    path: str | os.PathLike,
+    *,
+    metric: str = "dice",
+    full_supervision: Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Fig. 4: a metric against annotation cost, one line per strategy.
+
+    Each line is the mean over seeds, drawn where every seed of the strategy is defined; the band is
+    ± one sample standard deviation over seeds (no band with a single seed). A dashed horizontal line
+    marks full supervision when its value of ``metric`` is known.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Round records of all runs.
+    path : str or os.PathLike
+        Where the PNG is written.
+    metric : str, default="dice"
+        Record key on the y axis (``"dice"``, ``"voe"``, ``"object_f1"``, ``"object_dice"``).
+    full_supervision : mapping, optional
+        Full-supervision metrics; ``full_supervision[metric]`` is drawn if present.
+    title : str, optional
+        Figure title; default names the metric.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    if not records:
+        raise ValueError("plot_learning_curves: no records to plot.")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colors = plt.get_cmap("tab10")
+    for i, (strategy, label) in enumerate(_labels(records).items()):
+        _plot_mean_band(ax, curve(records, strategy, metric=metric), color=colors(i % 10), label=label)
+    name = METRIC_NAMES.get(metric, metric)
+    if full_supervision and full_supervision.get(metric) is not None:
+        value = float(full_supervision[metric])
+        ax.axhline(value, color="black", linestyle="--", linewidth=1.2,
+                   label=f"full supervision ({value:.3f})")
+    n_seeds = sorted({len(by_seed) for by_seed in _runs(records).values()})
+    seeds_text = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
+    ax.set_xlabel("annotation cost (% of training pixels revealed)")
+    ax.set_ylabel(name)
+    ax.set_title(title or f"{name} against annotation cost (mean over {seeds_text} seed(s))")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right" if metric != "voe" else "upper right")
+    return _save(fig, path)
+
+
+def plot_cluster_criteria(records: Sequence[dict], path: str | os.PathLike) -> Path | None:
+    """Fig. 5: mean cluster uncertainty (CU) and cluster diversity (CD) per round against cost.
+
+    One panel per criterion, one line per strategy that records it (mean over seeds, ± one std
+    band with two or more seeds).
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Round records of all runs; rounds where ``cu`` / ``cd`` is ``None`` are left out.
+    path : str or os.PathLike
+        Where the PNG is written.
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``path``, or None (nothing written) if no strategy records CU or CD.
+    """
+    labels = _labels(records)
+    has = {
+        metric: [s for s in labels if any(r["strategy"] == s and r.get(metric) is not None for r in records)]
+        for metric in ("cu", "cd")
+    }
+    strategies = [s for s in labels if s in has["cu"] or s in has["cd"]]
+    if not strategies:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    colors = plt.get_cmap("tab10")
+    color_of = {s: colors(i % 10) for i, s in enumerate(labels)}
+    for ax, metric in zip(axes, ("cu", "cd")):
+        for strategy in has[metric]:
+            _plot_mean_band(ax, curve(records, strategy, metric=metric), color=color_of[strategy],
+                            label=labels[strategy])
+        ax.set_xlabel("annotation cost (% of training pixels revealed)")
+        ax.set_ylabel(f"mean {METRIC_NAMES[metric]}")
+        ax.set_title(f"Mean {METRIC_NAMES[metric]} per round")
+        ax.grid(True, alpha=0.3)
+        if has[metric]:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", va="center")
+    return _save(fig, path)
+
+
+def draw_queries(
+    image: np.ndarray,
+    items: Iterable[Mapping],
+    path: str | os.PathLike,
+    *,
+    rounds: Iterable[int] | None = None,
+    mask: np.ndarray | None = None,
+    title: str | None = None,
+) -> Path:
+    """Fig. 6: an image with the rectangles of its queried patches, coloured by query round.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), uint8
+        The training image.
+    items : iterable of mapping
+        Queried items of this image, as in ``queries.json`` plus a ``"round"`` key:
+        ``{"y", "x", "size", "round"}``; ``size`` None (an image-level query) outlines the whole
+        image. Patches reaching past the border (mirror padding) are clipped to the image.
+    path : str or os.PathLike
+        Where the PNG is written.
+    rounds : iterable of int, optional
+        Only items of these rounds are drawn; default all.
+    mask : ndarray of shape (H, W), optional
+        Instance or class mask; the outlines of its foreground are drawn in blue, as in the paper.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not (H, W, 3) uint8, ``mask`` does not match it, or an item misses a key.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"The 'image' parameter of draw_queries must be an (H, W, 3) uint8 array. "
+            f"Got shape {image.shape} and dtype {image.dtype} instead."
+        )
+    if mask is not None and np.shape(mask) != image.shape[:2]:
+        raise ValueError(
+            f"The 'mask' parameter of draw_queries must have the image's shape {image.shape[:2]}. "
+            f"Got {np.shape(mask)} instead."
+        )
+    items = list(items)
+    missing = [i for i, item in enumerate(items) if not {"y", "x", "size", "round"} <= set(item)]
+    if missing:
+        raise ValueError(
+            f"draw_queries: item(s) {missing[:5]} miss one of the keys 'y', 'x', 'size', 'round'."
+        )
+    if rounds is not None:
+        wanted = set(rounds)
+        items = [item for item in items if item["round"] in wanted]
+
+    plt = _pyplot()
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    h, w = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(7.0, 7.0 * h / w + 0.6))
+    ax.imshow(image)
+    if mask is not None:
+        ax.contour(np.asarray(mask) > 0, levels=[0.5], colors="tab:blue", linewidths=1.0)
+    drawn_rounds = sorted({item["round"] for item in items})
+    # One round: the paper's plain red; several: a colour per round with a colour bar to read it.
+    cmap = plt.get_cmap("autumn")
+    norm = Normalize(vmin=drawn_rounds[0], vmax=max(drawn_rounds[-1], drawn_rounds[0] + 1)) if items else None
+    for item in items:
+        color = "red" if len(drawn_rounds) == 1 else cmap(norm(item["round"]))
+        if item["size"] is None:
+            y, x, height, width = 0, 0, h, w
+        else:
+            y, x, height, width = item["y"], item["x"], item["size"], item["size"]
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), width, height, fill=False, edgecolor=color, linewidth=1.5))
+    if len(drawn_rounds) > 1:
+        bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.02)
+        bar.set_label("query round")
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.set_axis_off()
+    ax.set_title(title or f"{len(items)} queried patch(es)")
+    return _save(fig, path)

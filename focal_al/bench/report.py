@@ -1,0 +1,671 @@
+"""The bench report: learning curves over seeds, AUBC, cost to reach a Dice, and the Markdown report.
+
+Everything here but :func:`write_report` is a pure function of round records (see
+:mod:`focal_al.bench.records`). Costs are fractions of all training pixels in [0, 1]; the report
+prints them as percentages.
+
+Conventions
+-----------
+- A run's curve is its (cost, metric) points in round order, joined by straight lines. It is never
+  extrapolated: before its first or after its last cost it is undefined (NaN). If two rounds have
+  the same cost, the later round's value is used there.
+- Curves over seeds are taken on a common cost grid: each seed's curve is interpolated onto it and
+  the mean, sample standard deviation (``ddof=1``; NaN with fewer than two seeds), minimum and
+  maximum are taken over the seeds defined at each grid point.
+- Summary numbers that combine seeds (Dice at a budget, cost to reach a target) use the mean curve
+  only where *every* seed of the strategy is defined, so a mean never mixes different sets of seeds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from focal_al.bench.records import atomic_write_json, atomic_write_text, load_queries, load_records, write_records
+
+#: The strategy that "cost saved against image-level IU" is measured against.
+IMAGE_IU = "image-iu"
+
+METRIC_NAMES = {
+    "dice": "Dice",
+    "voe": "VOE",
+    "object_f1": "object F1",
+    "object_dice": "object Dice",
+    "cu": "cluster uncertainty (CU)",
+    "cd": "cluster diversity (CD)",
+}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A metric against cost, over the seeds of one strategy, on a common cost grid.
+
+    Attributes
+    ----------
+    grid : ndarray of shape (n_points,)
+        Costs (fractions of all training pixels), increasing.
+    mean, std, min, max : ndarray of shape (n_points,)
+        Mean, sample standard deviation (``ddof=1``), minimum and maximum over the seeds defined at
+        each cost; NaN where no seed is defined (``std``: fewer than two).
+    n_seeds : ndarray of int of shape (n_points,)
+        How many seeds are defined at each cost.
+    seeds : tuple of int
+        The seeds of the strategy.
+    """
+
+    grid: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    n_seeds: np.ndarray
+    seeds: tuple
+
+    @property
+    def complete(self) -> np.ndarray:
+        """Boolean mask of the grid points where every seed is defined."""
+        return self.n_seeds == len(self.seeds)
+
+
+def _runs(records: Iterable[dict]) -> dict[str, dict[int, list[dict]]]:
+    """Group records by strategy then seed, each run's records in round order."""
+    runs: dict[str, dict[int, list[dict]]] = {}
+    for record in records:
+        runs.setdefault(record["strategy"], {}).setdefault(record["seed"], []).append(record)
+    for by_seed in runs.values():
+        for run in by_seed.values():
+            run.sort(key=lambda r: r["round"])
+    return runs
+
+
+def _series(run: Sequence[dict], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (cost, value) points of one run, in round order, ties in cost resolved to the later round."""
+    costs: list[float] = []
+    values: list[float] = []
+    for record in run:
+        if metric not in record:
+            raise ValueError(
+                f"Unknown metric {metric!r}: the record of strategy {record['strategy']!r}, seed "
+                f"{record['seed']}, round {record['round']} has no such key. Expected one of "
+                f"{', '.join(k for k in METRIC_NAMES if k in record)}."
+            )
+        value = record[metric]
+        if value is None:
+            continue
+        cost = float(record["cost"])
+        if costs and cost < costs[-1]:
+            raise ValueError(
+                f"The cost of strategy {record['strategy']!r}, seed {record['seed']} decreases at round "
+                f"{record['round']} ({costs[-1]:.6g} -> {cost:.6g}); revealed pixels can only grow."
+            )
+        if costs and cost == costs[-1]:
+            values[-1] = float(value)
+        else:
+            costs.append(cost)
+            values.append(float(value))
+    return np.asarray(costs, dtype=float), np.asarray(values, dtype=float)
+
+
+def _interp(grid: np.ndarray, costs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Linear interpolation of one run onto ``grid``, NaN outside the run's cost range."""
+    out = np.full(grid.shape, np.nan)
+    if len(costs):
+        inside = (grid >= costs[0]) & (grid <= costs[-1])
+        out[inside] = np.interp(grid[inside], costs, values)
+    return out
+
+
+def _strategy_runs(records: Sequence[dict], strategy: str) -> dict[int, list[dict]]:
+    runs = _runs(records)
+    if strategy not in runs:
+        raise ValueError(
+            f"No records of strategy {strategy!r}. Strategies recorded: {', '.join(sorted(runs)) or 'none'}."
+        )
+    return runs[strategy]
+
+
+def curve(
+    records: Sequence[dict],
+    strategy: str,
+    *,
+    metric: str = "dice",
+    grid: Sequence[float] | np.ndarray | None = None,
+) -> Curve:
+    """Mean and spread over seeds of a metric against cost, for one strategy.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Round records (any strategies; the others are ignored).
+    strategy : str
+        The strategy whose runs are combined.
+    metric : str, default="dice"
+        The record key to plot: ``"dice"``, ``"voe"``, ``"object_f1"``, ``"object_dice"``,
+        ``"cu"`` or ``"cd"``. Rounds where it is ``None`` are left out of the run's curve.
+    grid : array-like of shape (n_points,), optional
+        Costs to evaluate at. Default: every cost any seed of the strategy reached, sorted.
+
+    Returns
+    -------
+    Curve
+        Each seed's curve interpolated linearly between rounds onto ``grid``, with no extrapolation
+        beyond a seed's first or last cost, then combined over seeds.
+
+    Raises
+    ------
+    ValueError
+        If there is no record of ``strategy``, ``metric`` is not a record key, or a run's cost
+        decreases from one round to the next.
+    """
+    by_seed = _strategy_runs(records, strategy)
+    series = {seed: _series(run, metric) for seed, run in sorted(by_seed.items())}
+    if grid is None:
+        grid = np.unique(np.concatenate([c for c, _ in series.values()]))
+    grid = np.asarray(grid, dtype=float).ravel()
+    values = np.stack([_interp(grid, c, v) for c, v in series.values()])
+    defined = ~np.isnan(values)
+    n = defined.sum(axis=0)
+    some = n > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(some, np.where(defined, values, 0.0).sum(axis=0) / n, np.nan)
+        squares = np.where(defined, (values - mean) ** 2, 0.0).sum(axis=0)
+        std = np.where(n >= 2, np.sqrt(squares / (n - 1)), np.nan)
+    low = np.where(some, np.where(defined, values, np.inf).min(axis=0), np.nan)
+    high = np.where(some, np.where(defined, values, -np.inf).max(axis=0), np.nan)
+    return Curve(grid=grid, mean=mean, std=std, min=low, max=high, n_seeds=n, seeds=tuple(series))
+
+
+def _check_curve(costs, values, name: str) -> tuple[np.ndarray, np.ndarray]:
+    costs = np.asarray(costs, dtype=float).ravel()
+    values = np.asarray(values, dtype=float).ravel()
+    if len(costs) != len(values) or len(costs) == 0:
+        raise ValueError(
+            f"{name}: 'costs' and 'values' must be non-empty and of the same length. "
+            f"Got {len(costs)} costs and {len(values)} values."
+        )
+    if np.any(np.diff(costs) < 0) or not np.all(np.isfinite(costs)):
+        raise ValueError(f"{name}: 'costs' must be finite and non-decreasing. Got {costs.tolist()}.")
+    return costs, values
+
+
+def aubc(costs, values, *, max_cost: float, min_cost: float | None = None) -> float:
+    """Area under the budget curve, normalised by the cost range: the curve's mean value over it.
+
+    The curve is linear between the given points. Its trapezoid integral from ``min_cost`` to
+    ``max_cost`` is divided by ``max_cost - min_cost``, so a metric in [0, 1] gives an AUBC in
+    [0, 1], comparable across cost ranges. When the range has zero width (a single round), the
+    AUBC is the curve's value there (the limit of the mean value).
+
+    Parameters
+    ----------
+    costs : array-like of shape (n_rounds,)
+        Costs, non-decreasing.
+    values : array-like of shape (n_rounds,)
+        Metric values at those costs.
+    max_cost : float
+        End of the range; must lie within ``[min_cost, costs[-1]]`` (no extrapolation).
+    min_cost : float, optional
+        Start of the range; default ``costs[0]``. Must lie within ``[costs[0], max_cost]``.
+
+    Returns
+    -------
+    float
+        The normalised area.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are empty or of different lengths, the costs decrease, or the range is not
+        covered by the curve.
+    """
+    costs, values = _check_curve(costs, values, "aubc")
+    lo = costs[0] if min_cost is None else float(min_cost)
+    hi = float(max_cost)
+    if not costs[0] <= lo <= hi <= costs[-1]:
+        raise ValueError(
+            f"aubc: the range [min_cost, max_cost] = [{lo:.6g}, {hi:.6g}] must lie within the curve's "
+            f"costs [{costs[0]:.6g}, {costs[-1]:.6g}] with min_cost <= max_cost; the curve is not extrapolated."
+        )
+    if hi == lo:
+        return float(np.interp(lo, costs, values))
+    inner = (costs > lo) & (costs < hi)
+    x = np.concatenate([[lo], costs[inner], [hi]])
+    y = np.concatenate([[np.interp(lo, costs, values)], values[inner], [np.interp(hi, costs, values)]])
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0) / (hi - lo))
+
+
+def cost_to_reach(costs, values, target: float) -> float | None:
+    """The first cost at which a curve reaches ``target`` (linear between rounds), or None.
+
+    Parameters
+    ----------
+    costs : array-like of shape (n_rounds,)
+        Costs, non-decreasing.
+    values : array-like of shape (n_rounds,)
+        Metric values at those costs (higher is better, e.g. Dice); NaN points are skipped.
+    target : float
+        The value to reach.
+
+    Returns
+    -------
+    float or None
+        ``costs[0]`` if the first value already reaches ``target``; otherwise the cost where the
+        segment between the last round below and the first round at or above ``target`` crosses
+        it; None if no round reaches it.
+    """
+    costs, values = _check_curve(costs, values, "cost_to_reach")
+    keep = ~np.isnan(values)
+    costs, values = costs[keep], values[keep]
+    above = np.flatnonzero(values >= target)
+    if len(above) == 0:
+        return None
+    i = above[0]
+    if i == 0:
+        return float(costs[0])
+    c0, c1, v0, v1 = costs[i - 1], costs[i], values[i - 1], values[i]
+    return float(c0 + (target - v0) / (v1 - v0) * (c1 - c0))
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return math.nan, math.nan
+    std = float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
+    return float(np.mean(values)), std
+
+
+def summarize(
+    records: Sequence[dict],
+    *,
+    full_supervision: Mapping[str, float] | None = None,
+    budgets: Sequence[float] = (0.05, 0.10, 0.15, 0.20, 0.30),
+    reference: str = IMAGE_IU,
+) -> list[dict]:
+    """One summary row per strategy: AUBC, Dice at budgets, costs to reach targets, cost saved.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Round records of all runs.
+    full_supervision : mapping, optional
+        Metrics of the network trained on all training pixels; ``"dice"`` is used.
+    budgets : sequence of float, default=(0.05, 0.10, 0.15, 0.20, 0.30)
+        Costs (fractions of all training pixels) at which the Dice is reported.
+    reference : str, default="image-iu"
+        The strategy that cost saved is measured against.
+
+    Returns
+    -------
+    list of dict
+        Sorted by label. Keys: ``strategy``, ``label``, ``n_seeds``, ``seeds``, ``n_rounds`` (most
+        rounds of a seed, round 0 included), ``final_cost`` and ``final_dice`` / ``final_dice_std``
+        (each seed's last round, mean and std over seeds); ``aubc`` / ``aubc_std`` (Dice AUBC of
+        each seed over the common range ``aubc_range``, mean and std over seeds);
+        ``dice_at`` (list of ``{"budget", "mean", "std"}``; NaN where not every seed reaches the
+        budget); ``cost_to_95_fs`` and ``cost_within_1pt_fs`` (first cost at which the mean Dice
+        curve reaches 0.95 x and full-supervision Dice - 0.01; None if never or no full
+        supervision); ``cost_saved_vs_reference`` (see Notes) and ``notes`` (list of str).
+
+    Notes
+    -----
+    - AUBC range: ``[lo, hi]`` with ``lo`` the largest first cost and ``hi`` the smallest final cost
+      over all runs of all strategies, so every strategy is measured on the same costs and no curve is
+      extrapolated. If the runs' ranges do not overlap, the AUBC is NaN.
+    - Cost saved against ``reference``: the target is the last value of the reference's mean Dice
+      curve (the Dice it reaches at the end of its budget, all seeds defined); cost saved is
+      ``1 - cost_to_reach(strategy, target) / cost_to_reach(reference, target)``, both on mean
+      curves. Positive means the strategy needs fewer pixels; None if it never reaches the target
+      or the reference is absent.
+    """
+    if not records:
+        raise ValueError("summarize: no records; run at least one round of one strategy first.")
+    budgets = tuple(float(b) for b in budgets)
+    bad = [b for b in budgets if not 0.0 < b <= 1.0]
+    if bad:
+        raise ValueError(f"The 'budgets' parameter of summarize must be costs in (0, 1]. Got {bad} instead.")
+    runs = _runs(records)
+    all_runs = [run for by_seed in runs.values() for run in by_seed.values()]
+    lo = max(run[0]["cost"] for run in all_runs)
+    hi = min(run[-1]["cost"] for run in all_runs)
+    fs_dice = None if not full_supervision or full_supervision.get("dice") is None else float(full_supervision["dice"])
+
+    def mean_curve(strategy):
+        c = curve(records, strategy, metric="dice")
+        return c.grid[c.complete], c.mean[c.complete]
+
+    ref_cost = ref_target = None
+    if reference in runs:
+        ref_costs, ref_values = mean_curve(reference)
+        if len(ref_costs):
+            ref_target = float(ref_values[-1])
+            ref_cost = cost_to_reach(ref_costs, ref_values, ref_target)
+
+    rows = []
+    for strategy, by_seed in runs.items():
+        notes = []
+        seeds = sorted(by_seed)
+        if len(seeds) < 2:
+            notes.append("one seed only: no spread over seeds")
+        aubcs = []
+        if lo <= hi:
+            for seed in seeds:
+                costs, values = _series(by_seed[seed], "dice")
+                aubcs.append(aubc(costs, values, min_cost=lo, max_cost=hi))
+        aubc_mean, aubc_std = _mean_std(aubcs)
+        at = curve(records, strategy, metric="dice", grid=budgets)
+        dice_at = [
+            {
+                "budget": b,
+                "mean": float(at.mean[i]) if at.complete[i] else math.nan,
+                "std": float(at.std[i]) if at.complete[i] else math.nan,
+            }
+            for i, b in enumerate(budgets)
+        ]
+        missing = [f"{100 * b:g} %" for b, full in zip(budgets, at.complete) if not full]
+        if missing:
+            notes.append(f"Dice not reported at {', '.join(missing)}: outside the cost range of some seed")
+        final_dice, final_dice_std = _mean_std([by_seed[s][-1]["dice"] for s in seeds])
+        costs, values = mean_curve(strategy)
+        to_95 = within_1pt = saved = None
+        if fs_dice is not None and len(costs):
+            to_95 = cost_to_reach(costs, values, 0.95 * fs_dice)
+            within_1pt = cost_to_reach(costs, values, fs_dice - 0.01)
+        if ref_cost and len(costs):
+            reached = cost_to_reach(costs, values, ref_target)
+            saved = None if reached is None else 1.0 - reached / ref_cost
+        rows.append(
+            {
+                "strategy": strategy,
+                "label": by_seed[seeds[0]][0]["label"],
+                "n_seeds": len(seeds),
+                "seeds": seeds,
+                "n_rounds": max(len(run) for run in by_seed.values()),
+                "final_cost": float(np.mean([by_seed[s][-1]["cost"] for s in seeds])),
+                "final_dice": final_dice,
+                "final_dice_std": final_dice_std,
+                "aubc": aubc_mean,
+                "aubc_std": aubc_std,
+                "aubc_range": [float(lo), float(hi)],
+                "dice_at": dice_at,
+                "cost_to_95_fs": to_95,
+                "cost_within_1pt_fs": within_1pt,
+                "cost_saved_vs_reference": saved,
+                "reference": reference if ref_cost else None,
+                "reference_target_dice": ref_target if ref_cost else None,
+                "notes": notes,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["label"], r["strategy"]))
+
+
+def _fmt(mean: float | None, std: float | None = None, digits: int = 3) -> str:
+    if mean is None or math.isnan(mean):
+        return "–"
+    if std is None or math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _fmt_cost(cost: float | None, *, known: bool = True) -> str:
+    if not known:
+        return "–"
+    return "not reached" if cost is None else f"{100 * cost:.1f} %"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _versions(config: Mapping) -> dict[str, str]:
+    """Package versions recorded in the config: a ``versions`` mapping, or top-level keys."""
+    if isinstance(config.get("versions"), Mapping):
+        return {str(k): str(v) for k, v in config["versions"].items()}
+    names = {"focal-al": ("focal-al", "focal_al", "focal_al_version"), "torch": ("torch", "torch_version"),
+             "numpy": ("numpy", "numpy_version")}
+    found = {}
+    for name, keys in names.items():
+        for key in keys:
+            if isinstance(config.get(key), str):
+                found[name] = config[key]
+                break
+    return found
+
+
+def render_report(
+    summary_rows: Sequence[dict],
+    *,
+    config: Mapping | None,
+    full_supervision: Mapping[str, float] | None,
+    figures: Mapping[str, str | os.PathLike] | None,
+) -> str:
+    """The bench report as Markdown.
+
+    Parameters
+    ----------
+    summary_rows : sequence of dict
+        Rows from :func:`summarize`.
+    config : mapping or None
+        The bench configuration, shown as JSON. Package versions are read from its
+        ``"versions"`` mapping or, failing that, its top-level ``"focal_al"`` / ``"torch"`` /
+        ``"numpy"`` string keys.
+    full_supervision : mapping or None
+        Full-supervision metrics (``"dice"``, ``"voe"``, ``"object_f1"``, ``"object_dice"``).
+    figures : mapping of str to path, or None
+        Caption to figure path, relative to the report's directory.
+
+    Returns
+    -------
+    str
+        Markdown: title, configuration, results table, figures, notes and versions.
+    """
+    rows = list(summary_rows)
+    lines = ["# focal-al bench report", ""]
+    budgets = [d["budget"] for d in rows[0]["dice_at"]] if rows else []
+    fs_known = bool(full_supervision) and full_supervision.get("dice") is not None
+    reference = next((r["reference"] for r in rows if r.get("reference")), None)
+
+    lines += ["## Results", ""]
+    if rows:
+        lo, hi = rows[0]["aubc_range"]
+        header = ["Strategy", "Seeds", f"AUBC (Dice, {100 * lo:.1f}–{100 * hi:.1f} %)"]
+        header += [f"Dice @ {100 * b:g} %" for b in budgets]
+        header += ["Final Dice (cost)", "Cost to 95 % FS", "Cost within 1 pt of FS",
+                   f"Cost saved vs {reference or IMAGE_IU}"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            cells = [_cell(r["label"]), str(r["n_seeds"]), _fmt(r["aubc"], r["aubc_std"])]
+            cells += [_fmt(d["mean"], d["std"]) for d in r["dice_at"]]
+            cells += [
+                f"{_fmt(r['final_dice'], r['final_dice_std'])} ({100 * r['final_cost']:.1f} %)",
+                _fmt_cost(r["cost_to_95_fs"], known=fs_known),
+                _fmt_cost(r["cost_within_1pt_fs"], known=fs_known),
+                "–" if r["reference"] is None else (
+                    "not reached" if r["cost_saved_vs_reference"] is None
+                    else f"{100 * r['cost_saved_vs_reference']:.1f} %"
+                ),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "Costs are unique revealed pixels as a percentage of all training pixels. `a ± b` is the mean "
+            "± sample standard deviation over seeds. AUBC is the area under the Dice-vs-cost curve over "
+            "the range shown, divided by its width (the curve's mean Dice there); the range is the same "
+            "for every strategy: from the largest first cost to the smallest final cost of all runs. "
+            "Dice at a budget and the costs to reach a target are read from the mean curve over seeds, "
+            "linear between rounds, never extrapolated.",
+        ]
+        if fs_known:
+            fs = full_supervision["dice"]
+            lines += [
+                "",
+                f"Full supervision (FS): Dice {fs:.3f}"
+                + "".join(
+                    f", {METRIC_NAMES[k]} {full_supervision[k]:.3f}"
+                    for k in ("voe", "object_f1", "object_dice")
+                    if full_supervision.get(k) is not None
+                )
+                + f". Targets: 95 % of FS Dice = {0.95 * fs:.3f}; within 1 point = {fs - 0.01:.3f}.",
+            ]
+        if reference:
+            target = next(r["reference_target_dice"] for r in rows if r.get("reference"))
+            lines += [
+                "",
+                f"Cost saved vs {reference}: 1 - (cost at which the strategy's mean Dice first reaches "
+                f"{target:.3f}) / (cost at which {reference} first reaches it), where {target:.3f} is the "
+                f"Dice {reference} reaches at the end of its budget. Positive: fewer pixels needed.",
+            ]
+    else:
+        lines.append("No rounds recorded yet.")
+
+    if figures:
+        lines += ["", "## Figures", ""]
+        for caption, path in figures.items():
+            lines += [f"![{caption}]({Path(path).as_posix()})", "", f"*{caption}*", ""]
+        lines.pop()
+
+    notes = []
+    if not fs_known:
+        notes.append("Full-supervision Dice unknown (no full_supervision.json): costs to reach it are not reported.")
+    if rows and not reference:
+        notes.append(f"No {IMAGE_IU} runs: cost saved against image-level IU is not reported.")
+    if rows and rows[0]["aubc_range"][0] > rows[0]["aubc_range"][1]:
+        notes.append("The runs' cost ranges do not overlap: AUBC is not reported.")
+    seed_sets = {tuple(r["seeds"]) for r in rows}
+    if len(seed_sets) > 1:
+        notes.append("Strategies were run with different seeds: " + "; ".join(
+            f"{r['label']}: {r['seeds']}" for r in rows))
+    finals = [r["final_cost"] for r in rows]
+    if rows and max(finals) - min(finals) > 1e-3:
+        notes.append(
+            f"Runs end at different costs ({100 * min(finals):.1f}–{100 * max(finals):.1f} %): some may be "
+            "unfinished; summaries use only the costs every run reached."
+        )
+    notes += [f"{r['label']}: {note}." for r in rows for note in r["notes"]]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+
+    if config:
+        lines += ["", "## Configuration", "", "```json", json.dumps(config, indent=2, default=str), "```"]
+        versions = _versions(config)
+        if versions:
+            lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _read_optional_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}.") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def _safe_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text))
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    *,
+    budgets: Sequence[float] = (0.05, 0.10, 0.15, 0.20, 0.30),
+    query_images: Mapping[str, np.ndarray] | None = None,
+    query_masks: Mapping[str, np.ndarray] | None = None,
+    n_query_images: int = 2,
+) -> Path:
+    """Write records, summary, figures and ``report.md`` for a bench output directory.
+
+    Reads ``runs/*/rounds.json``, and ``config.json`` and ``full_supervision.json`` when present;
+    writes ``records.csv``, ``records.json``, ``summary.json``, ``figures/*.png`` and
+    ``report.md`` (all atomically), replacing earlier ones.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        The bench output directory.
+    budgets : sequence of float, default=(0.05, 0.10, 0.15, 0.20, 0.30)
+        Costs at which the Dice is tabulated.
+    query_images : mapping of str to ndarray of shape (H, W, 3), optional
+        Training images by name. When given, Fig. 6 is drawn for the lowest seed of every
+        patch-level strategy, on the ``n_query_images`` images it queried most patches from.
+    query_masks : mapping of str to ndarray of shape (H, W), optional
+        Masks by image name, drawn as contours on the Fig. 6 images.
+    n_query_images : int, default=2
+        How many images per strategy Fig. 6 shows.
+
+    Returns
+    -------
+    pathlib.Path
+        The path of ``report.md``.
+
+    Raises
+    ------
+    ValueError
+        If no round is recorded yet, or an input file is malformed (the message names it).
+    """
+    from focal_al.bench import figures as fig
+
+    out_dir = Path(out_dir)
+    records = load_records(out_dir)
+    if not records:
+        raise ValueError(f"No round records under {out_dir / 'runs'}/*/rounds.json; nothing to report.")
+    config = _read_optional_json(out_dir / "config.json")
+    full_supervision = _read_optional_json(out_dir / "full_supervision.json")
+    write_records(out_dir, records)
+    rows = summarize(records, full_supervision=full_supervision, budgets=budgets)
+    atomic_write_json(out_dir / "summary.json", _json_safe(rows))
+
+    figure_dir = out_dir / "figures"
+    figure_dir.mkdir(exist_ok=True)
+    figures: dict[str, Path] = {}
+    path = fig.plot_learning_curves(records, figure_dir / "learning-curves-dice.png",
+                                    metric="dice", full_supervision=full_supervision)
+    figures["Fig. 4: Dice against annotation cost (mean over seeds, band: ± 1 std)"] = path
+    path = fig.plot_cluster_criteria(records, figure_dir / "cluster-criteria.png")
+    if path is not None:
+        figures["Fig. 5: mean cluster uncertainty and cluster diversity per round"] = path
+    if query_images:
+        queries = load_queries(out_dir)
+        for (strategy, seed), rounds in sorted(queries.items()):
+            if seed != min(s for st, s in queries if st == strategy):
+                continue
+            items = [
+                {**item, "round": q["round"]} for q in rounds if q["level"] == "patch" for item in q["items"]
+            ]
+            counts: dict[str, int] = {}
+            for item in items:
+                if item["image"] in query_images:
+                    counts[item["image"]] = counts.get(item["image"], 0) + 1
+            for name in sorted(counts, key=lambda n: (-counts[n], n))[:n_query_images]:
+                path = fig.draw_queries(
+                    query_images[name], [i for i in items if i["image"] == name],
+                    figure_dir / f"queries-{_safe_name(strategy)}-seed{seed}-{_safe_name(name)}.png",
+                    mask=None if query_masks is None else query_masks.get(name),
+                    title=f"{strategy} (seed {seed}): patches queried in {name}",
+                )
+                figures[f"Fig. 6: {strategy}, seed {seed}, patches queried in {name}"] = path
+
+    text = render_report(
+        rows, config=config, full_supervision=full_supervision,
+        figures={caption: p.relative_to(out_dir) for caption, p in figures.items()},
+    )
+    return atomic_write_text(out_dir / "report.md", text)
+
+
+def _json_safe(obj):
+    """Replace NaN by None, recursively, so the summary is standard JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
