@@ -535,6 +535,10 @@ def render_report(
         notes.append(f"No {IMAGE_IU} runs: cost saved against image-level IU is not reported.")
     if rows and rows[0]["aubc_range"][0] > rows[0]["aubc_range"][1]:
         notes.append("The runs' cost ranges do not overlap: AUBC is not reported.")
+    elif rows and rows[0]["aubc_range"][0] == rows[0]["aubc_range"][1]:
+        notes.append("The common cost range has zero width (a single round): AUBC is the Dice at that cost.")
+    if not config:
+        notes.append("No bench configuration (config.json) was found.")
     seed_sets = {tuple(r["seeds"]) for r in rows}
     if len(seed_sets) > 1:
         notes.append("Strategies were run with different seeds: " + "; ".join(

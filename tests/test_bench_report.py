@@ -1,0 +1,328 @@
+"""Tests of the bench records, report and figures on small hand-made records."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from focal_al.bench import figures
+from focal_al.bench.records import (
+    atomic_write_json,
+    atomic_write_text,
+    load_queries,
+    load_records,
+    write_records,
+)
+from focal_al.bench.report import aubc, cost_to_reach, curve, render_report, summarize, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(strategy, seed, costs, dice, *, label=None, cu=None):
+    """Round records of one run; the other metrics are derived from Dice."""
+    return [
+        {
+            "strategy": strategy,
+            "label": label or strategy,
+            "seed": seed,
+            "round": r,
+            "cost": c,
+            "n_revealed_pixels": int(c * 10_000),
+            "n_labelled": r + 1,
+            "dice": d,
+            "voe": 1.0 - d,
+            "object_f1": d - 0.1,
+            "object_dice": d - 0.05,
+            "cu": None if cu is None else cu[r],
+            "cd": None if cu is None else cu[r] / 2,
+            "train_seconds": 1.0,
+            "query_seconds": 0.1,
+            "eval_seconds": 0.2,
+        }
+        for r, (c, d) in enumerate(zip(costs, dice))
+    ]
+
+
+def write_run(out_dir, records):
+    run_dir = out_dir / "runs" / f"{records[0]['strategy']}-seed{records[0]['seed']}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "rounds.json").write_text(json.dumps(records))
+    return run_dir
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert len(data) > 1000
+    assert data[:8] == PNG_SIGNATURE
+
+
+# --- report: pure functions -------------------------------------------------------------------
+
+
+def test_aubc_hand_computed():
+    costs, values = [0.1, 0.2, 0.4], [0.5, 0.7, 0.9]
+    # Trapezoids 0.1 * 0.6 + 0.2 * 0.8 = 0.22 over a width of 0.3.
+    assert aubc(costs, values, max_cost=0.4) == pytest.approx(0.22 / 0.3)
+    # Cut at 0.3, where the curve is 0.8: 0.1 * 0.6 + 0.1 * 0.75 = 0.135 over 0.2.
+    assert aubc(costs, values, max_cost=0.3) == pytest.approx(0.675)
+    # From 0.15 (value 0.6) to 0.2: mean of 0.6 and 0.7.
+    assert aubc(costs, values, min_cost=0.15, max_cost=0.2) == pytest.approx(0.65)
+    # Zero-width range: the value there.
+    assert aubc([0.1], [0.5], max_cost=0.1) == pytest.approx(0.5)
+
+
+def test_aubc_refuses_to_extrapolate():
+    with pytest.raises(ValueError, match="not extrapolated"):
+        aubc([0.1, 0.2], [0.5, 0.6], max_cost=0.3)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        aubc([0.2, 0.1], [0.5, 0.6], max_cost=0.2)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=8), st.data())
+def test_aubc_is_a_mean_value(values, data):
+    costs = np.cumsum(data.draw(st.lists(st.floats(0.01, 0.1), min_size=len(values), max_size=len(values))))
+    result = aubc(costs, values, max_cost=costs[-1])
+    assert min(values) - 1e-9 <= result <= max(values) + 1e-9
+    assert aubc(costs, [0.7] * len(values), max_cost=costs[-1]) == pytest.approx(0.7)
+
+
+def test_cost_to_reach_interpolates_between_rounds():
+    costs, values = [0.1, 0.2, 0.4], [0.5, 0.7, 0.9]
+    assert cost_to_reach(costs, values, 0.8) == pytest.approx(0.3)
+    assert cost_to_reach(costs, values, 0.7) == pytest.approx(0.2)
+    assert cost_to_reach(costs, values, 0.4) == pytest.approx(0.1)
+    assert cost_to_reach(costs, values, 0.95) is None
+    # The first crossing counts, even if the curve dips below afterwards.
+    assert cost_to_reach([0.1, 0.2, 0.3, 0.4], [0.5, 0.9, 0.6, 0.95], 0.7) == pytest.approx(0.15)
+
+
+def test_curve_mean_and_spread_over_seeds():
+    records = make_run("a", 0, [0.1, 0.2], [0.5, 0.7]) + make_run("a", 1, [0.1, 0.3], [0.7, 0.9])
+    c = curve(records, "a")
+    np.testing.assert_allclose(c.grid, [0.1, 0.2, 0.3])
+    # Seed 0 is undefined past its last cost 0.2 (no extrapolation); seed 1 is 0.8 at 0.2.
+    np.testing.assert_allclose(c.mean, [0.6, 0.75, 0.9])
+    np.testing.assert_allclose(c.std[:2], [math.sqrt(0.02), math.sqrt(0.005)])
+    assert math.isnan(c.std[2])
+    np.testing.assert_allclose(c.min, [0.5, 0.7, 0.9])
+    np.testing.assert_allclose(c.max, [0.7, 0.8, 0.9])
+    np.testing.assert_array_equal(c.n_seeds, [2, 2, 1])
+    np.testing.assert_array_equal(c.complete, [True, True, False])
+    assert c.seeds == (0, 1)
+
+    at = curve(records, "a", grid=[0.05, 0.15])
+    assert math.isnan(at.mean[0])
+    assert at.mean[1] == pytest.approx((0.6 + 0.75) / 2)
+
+
+def test_curve_errors_name_what_is_wrong():
+    records = make_run("a", 0, [0.1, 0.2], [0.5, 0.7])
+    with pytest.raises(ValueError, match="No records of strategy 'b'.*a"):
+        curve(records, "b")
+    with pytest.raises(ValueError, match="Unknown metric 'accuracy'"):
+        curve(records, "a", metric="accuracy")
+    with pytest.raises(ValueError, match="decreases at round 1"):
+        curve(make_run("a", 0, [0.2, 0.1], [0.5, 0.7]), "a")
+
+
+def test_curve_skips_null_cluster_criteria():
+    records = make_run("a", 0, [0.1, 0.2], [0.5, 0.7])
+    assert np.all(np.isnan(curve(records, "a", metric="cu").mean))
+
+
+@pytest.fixture
+def two_strategies():
+    return (
+        make_run("image-iu", 0, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7], label="1 IU")
+        + make_run("focannot", 0, [0.1, 0.2, 0.3], [0.5, 0.8, 0.9], label="7 FocAnnot", cu=[0.3, 0.5, 0.4])
+        + make_run("focannot", 1, [0.1, 0.2, 0.3], [0.5, 0.8, 0.9], label="7 FocAnnot", cu=[0.2, 0.4, 0.3])
+    )
+
+
+def test_summarize_rows(two_strategies):
+    rows = summarize(two_strategies, full_supervision={"dice": 0.9}, budgets=(0.15, 0.35))
+    iu, focannot = rows
+    assert (iu["label"], focannot["label"]) == ("1 IU", "7 FocAnnot")
+    assert (iu["n_seeds"], focannot["n_seeds"]) == (1, 2)
+    assert focannot["aubc_range"] == [0.1, 0.3]
+    assert focannot["aubc"] == pytest.approx((0.1 * 1.3 + 0.1 * 1.7) / 2 / 0.2)
+    assert focannot["aubc_std"] == pytest.approx(0.0)
+    assert math.isnan(iu["aubc_std"])
+    assert focannot["dice_at"][0] == {"budget": 0.15, "mean": pytest.approx(0.65), "std": pytest.approx(0.0)}
+    assert math.isnan(focannot["dice_at"][1]["mean"])  # 35 % is past every run's budget
+    # 95 % of 0.9 = 0.855, crossed between 0.2 (0.8) and 0.3 (0.9); within 1 point: 0.89.
+    assert focannot["cost_to_95_fs"] == pytest.approx(0.255)
+    assert focannot["cost_within_1pt_fs"] == pytest.approx(0.29)
+    assert iu["cost_to_95_fs"] is None
+    # Target 0.7 = image-iu's final Dice, reached by it at 0.3 and by FocAnnot at 0.1 + 0.1 * 2/3.
+    assert iu["cost_saved_vs_reference"] == pytest.approx(0.0)
+    assert focannot["cost_saved_vs_reference"] == pytest.approx(1 - (0.1 + 0.2 / 3) / 0.3)
+    assert "one seed only: no spread over seeds" in iu["notes"]
+    assert focannot["final_dice"] == pytest.approx(0.9)
+
+
+def test_summarize_without_reference_or_full_supervision():
+    rows = summarize(make_run("a", 0, [0.1], [0.5]))
+    (row,) = rows
+    assert row["aubc"] == pytest.approx(0.5)
+    assert row["cost_to_95_fs"] is None and row["cost_saved_vs_reference"] is None
+    with pytest.raises(ValueError, match="'budgets'.*1.5"):
+        summarize(make_run("a", 0, [0.1], [0.5]), budgets=(1.5,))
+
+
+def test_render_report_contains_the_table(two_strategies):
+    rows = summarize(two_strategies, full_supervision={"dice": 0.9})
+    text = render_report(
+        rows,
+        config={"split": "mixed", "versions": {"focal-al": "0.1.0", "torch": "2.13.0", "numpy": "2.0"}},
+        full_supervision={"dice": 0.9},
+        figures={"Fig. 4": "figures/learning-curves-dice.png"},
+    )
+    assert "| Strategy | Seeds | AUBC (Dice, 10.0–30.0 %) | Dice @ 5 % |" in text
+    assert "| 7 FocAnnot | 2 | 0.750 ± 0.000 |" in text
+    assert "| 25.5 % | 29.0 % | 44.4 % |" in text
+    assert "![Fig. 4](figures/learning-curves-dice.png)" in text
+    assert "- torch: 2.13.0" in text
+    assert "1 IU: one seed only: no spread over seeds." in text
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+def test_load_and_write_records(tmp_path, two_strategies):
+    for seed_run in (two_strategies[:3], two_strategies[3:6], two_strategies[6:]):
+        write_run(tmp_path, seed_run[::-1])
+    partial = dict(two_strategies[0], strategy="bare", label=None)
+    del partial["cu"], partial["cd"], partial["label"]
+    write_run(tmp_path, [partial])
+    records = load_records(tmp_path)
+    assert [(r["strategy"], r["seed"], r["round"]) for r in records][:4] == [
+        ("bare", 0, 0), ("focannot", 0, 0), ("focannot", 0, 1), ("focannot", 0, 2)
+    ]
+    assert records[0]["label"] == "bare" and records[0]["cu"] is None
+    csv_path, json_path = write_records(tmp_path, records)
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("strategy,label,seed,round,cost,")
+    assert lines[1].startswith("bare,bare,0,0,0.1,")
+    assert len(lines) == 1 + len(records)
+    assert json.loads(json_path.read_text()) == records
+
+
+def test_load_records_empty_and_missing_dir(tmp_path):
+    assert load_records(tmp_path) == []
+    with pytest.raises(NotADirectoryError, match="nowhere"):
+        load_records(tmp_path / "nowhere")
+
+
+def test_malformed_rounds_json_names_the_file(tmp_path):
+    run_dir = tmp_path / "runs" / "a-seed0"
+    run_dir.mkdir(parents=True)
+    path = run_dir / "rounds.json"
+    path.write_text('[{"strategy": "a", ')
+    with pytest.raises(ValueError, match=f"{path}.*not valid JSON"):
+        load_records(tmp_path)
+    record = make_run("a", 0, [0.1], [0.5])[0]
+    del record["dice"]
+    path.write_text(json.dumps([record, dict(record, round=1, cost=1.5)]))
+    with pytest.raises(ValueError) as err:
+        load_records(tmp_path)
+    message = str(err.value)
+    assert str(path) in message and "missing required key(s) dice" in message and "'cost' must be" in message
+
+
+def test_same_run_in_two_folders_is_refused(tmp_path):
+    records = make_run("a", 0, [0.1], [0.5])
+    write_run(tmp_path, records)
+    (tmp_path / "runs" / "copy").mkdir()
+    (tmp_path / "runs" / "copy" / "rounds.json").write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="both hold strategy 'a' with seed 0"):
+        load_records(tmp_path)
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path, monkeypatch):
+    atomic_write_text(tmp_path / "a.txt", "one")
+    atomic_write_text(tmp_path / "a.txt", "two")
+    atomic_write_json(tmp_path / "b.json", {"x": np.float32(0.5), "n": np.int64(3), "v": np.arange(2)})
+    assert (tmp_path / "a.txt").read_text() == "two"
+    assert json.loads((tmp_path / "b.json").read_text()) == {"x": 0.5, "n": 3, "v": [0, 1]}
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        atomic_write_json(tmp_path / "c.json", {"dice": float("nan")})
+
+    def broken_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_text(tmp_path / "a.txt", "three")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.json"]
+    assert (tmp_path / "a.txt").read_text() == "two"
+
+
+def test_load_queries(tmp_path):
+    run_dir = write_run(tmp_path, make_run("patch-iu", 3, [0.1], [0.5]))
+    queries = [{"round": 1, "level": "patch", "items": [{"image": "a", "y": 0, "x": 8, "size": 16}]}]
+    (run_dir / "queries.json").write_text(json.dumps(queries))
+    assert load_queries(tmp_path) == {("patch-iu", 3): queries}
+    (run_dir / "queries.json").write_text(json.dumps([{"round": 1}]))
+    with pytest.raises(ValueError, match="queries.json must hold"):
+        load_queries(tmp_path)
+
+
+# --- figures and the whole report -------------------------------------------------------------
+
+
+def test_figures_are_pngs(tmp_path, two_strategies):
+    assert_png(figures.plot_learning_curves(two_strategies, tmp_path / "curves.png",
+                                            full_supervision={"dice": 0.9}))
+    assert_png(figures.plot_cluster_criteria(two_strategies, tmp_path / "criteria.png"))
+    assert figures.plot_cluster_criteria(make_run("a", 0, [0.1], [0.5]), tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+    image = np.full((48, 64, 3), 200, dtype=np.uint8)
+    items = [
+        {"image": "a", "y": 0, "x": 0, "size": 16, "round": 1},
+        {"image": "a", "y": 40, "x": 56, "size": 16, "round": 2},  # reaches past the border
+        {"image": "a", "y": 0, "x": 0, "size": None, "round": 3},  # an image-level query
+    ]
+    mask = np.zeros((48, 64), dtype=int)
+    mask[10:30, 10:40] = 1
+    assert_png(figures.draw_queries(image, items, tmp_path / "q.png", mask=mask))
+    assert_png(figures.draw_queries(image, items, tmp_path / "q1.png", rounds=[1]))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8.*\(48, 64\)"):
+        figures.draw_queries(image[..., 0], items, tmp_path / "bad.png")
+
+
+def test_write_report_with_one_round(tmp_path):
+    write_run(tmp_path, make_run("a", 0, [0.03], [0.5]))
+    path = write_report(tmp_path)
+    text = path.read_text()
+    assert "| a | 1 | 0.500 |" in text
+    assert "No bench configuration" in text and "Full-supervision Dice unknown" in text
+    assert_png(tmp_path / "figures" / "learning-curves-dice.png")
+    assert not (tmp_path / "figures" / "cluster-criteria.png").exists()
+    assert (tmp_path / "records.csv").exists() and (tmp_path / "summary.json").exists()
+
+
+def test_write_report_full(tmp_path, two_strategies):
+    for run in (two_strategies[:3], two_strategies[3:6], two_strategies[6:]):
+        run_dir = write_run(tmp_path, run)
+        queries = [{"round": 1, "level": "patch", "items": [{"image": "img", "y": 4, "x": 4, "size": 16}]}]
+        (run_dir / "queries.json").write_text(json.dumps(queries))
+    (tmp_path / "config.json").write_text(json.dumps({"split": "mixed", "torch": "2.13.0"}))
+    (tmp_path / "full_supervision.json").write_text(json.dumps({"dice": 0.9, "voe": 0.2}))
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    text = write_report(tmp_path, query_images={"img": image}).read_text()
+    assert "figures/cluster-criteria.png" in text
+    assert "figures/queries-focannot-seed0-img.png" in text
+    assert "- torch: 2.13.0" in text
+    for name in ("learning-curves-dice", "cluster-criteria", "queries-focannot-seed0-img"):
+        assert_png(tmp_path / "figures" / f"{name}.png")
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_write_report_without_records(tmp_path):
+    with pytest.raises(ValueError, match="No round records"):
+        write_report(tmp_path)
