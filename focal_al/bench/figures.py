@@ -1,7 +1,8 @@
 """Bench figures: learning curves (Fig. 4), cluster criteria (Fig. 5) and queried patches (Fig. 6).
 
-matplotlib is imported inside each function (with the non-interactive Agg backend), so importing
-this module stays cheap. Every figure is written atomically as a PNG.
+matplotlib is imported inside each function, so importing this module stays cheap, and figures are
+built without pyplot, so drawing them neither needs a display nor changes the caller's backend.
+Every figure is written atomically as a PNG.
 """
 from __future__ import annotations
 
@@ -18,23 +19,23 @@ from focal_al.bench.report import METRIC_NAMES, _runs, curve
 _DPI = 120
 
 
-def _pyplot():
+def _figure(**kwargs):
+    """A new figure outside pyplot, so no global backend or figure state is touched."""
+    from matplotlib.figure import Figure
+
+    # A bare Figure renders with the Agg canvas on savefig, which works on headless machines.
+    return Figure(**kwargs)
+
+
+def _cmap(name: str):
     import matplotlib
 
-    # Agg renders to files only; the bench runs on headless machines.
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    plt = _pyplot()
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
     return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -94,9 +95,9 @@ def plot_learning_curves(
     """
     if not records:
         raise ValueError("plot_learning_curves: no records to plot.")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    colors = plt.get_cmap("tab10")
+    fig = _figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    colors = _cmap("tab10")
     for i, (strategy, label) in enumerate(_labels(records).items()):
         _plot_mean_band(ax, curve(records, strategy, metric=metric), color=colors(i % 10), label=label)
     name = METRIC_NAMES.get(metric, metric)
@@ -140,9 +141,9 @@ def plot_cluster_criteria(records: Sequence[dict], path: str | os.PathLike) -> P
     strategies = [s for s in labels if s in has["cu"] or s in has["cd"]]
     if not strategies:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    colors = plt.get_cmap("tab10")
+    fig = _figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2, sharex=True)
+    colors = _cmap("tab10")
     color_of = {s: colors(i % 10) for i, s in enumerate(labels)}
     for ax, metric in zip(axes, ("cu", "cd")):
         for strategy in has[metric]:
@@ -218,18 +219,19 @@ def draw_queries(
         wanted = set(rounds)
         items = [item for item in items if item["round"] in wanted]
 
-    plt = _pyplot()
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
 
     h, w = image.shape[:2]
-    fig, ax = plt.subplots(figsize=(7.0, 7.0 * h / w + 0.6))
+    fig = _figure(figsize=(7.0, 7.0 * h / w + 0.6))
+    ax = fig.subplots()
     ax.imshow(image)
     if mask is not None:
         ax.contour(np.asarray(mask) > 0, levels=[0.5], colors="tab:blue", linewidths=1.0)
     drawn_rounds = sorted({item["round"] for item in items})
     # One round: the paper's plain red; several: a colour per round with a colour bar to read it.
-    cmap = plt.get_cmap("autumn")
+    cmap = _cmap("autumn")
     norm = Normalize(vmin=drawn_rounds[0], vmax=max(drawn_rounds[-1], drawn_rounds[0] + 1)) if items else None
     for item in items:
         color = "red" if len(drawn_rounds) == 1 else cmap(norm(item["round"]))
@@ -239,7 +241,7 @@ def draw_queries(
             y, x, height, width = item["y"], item["x"], item["size"], item["size"]
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), width, height, fill=False, edgecolor=color, linewidth=1.5))
     if len(drawn_rounds) > 1:
-        bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.02)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.02)
         bar.set_label("query round")
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
