@@ -1,0 +1,175 @@
+"""Synthetic H&E-like gland images: the embedded default dataset of focal-al.
+
+Each image is drawn independently from ``numpy.random.default_rng([seed, i])``, so image ``i`` is
+the same whatever ``n_images`` is. The scene:
+
+- stroma: an eosin-pink, fibrous background with scattered dark stromal nuclei and pale gaps
+  (gaps look like gland lumens, so colour alone does not separate the classes);
+- glands: many touching ellipses with irregular borders, a purple epithelial rim dotted with
+  nuclei and a pale lumen of varying size;
+- rare objects (a minority, mostly in "malignant" images): elongated, blobby, solid objects with a
+  dense speckled texture and no lumen, the regions an active learner should find;
+- a per-image stain (Beer-Lambert mix of jittered haematoxylin and eosin colours) and sensor noise.
+
+Images are rendered in Beer-Lambert optical density space: ``rgb = 255 * exp(-(H h + E e))``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage import measure
+
+__all__ = ["make_synthetic_image"]
+
+# Ruifrok & Johnston optical-density vectors of haematoxylin and eosin.
+_H_VECTOR = np.array([0.65, 0.70, 0.29])
+_E_VECTOR = np.array([0.07, 0.99, 0.11])
+
+
+def _noise(rng, shape, sigma):
+    """Smooth Gaussian noise with unit standard deviation."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return field / (field.std() + 1e-12)
+
+
+def _stain_vector(rng, base, jitter):
+    vector = np.clip(base + rng.normal(0.0, jitter, 3), 0.02, None)
+    return vector / np.linalg.norm(vector)
+
+
+def _place_objects(rng, shape, n_objects, radius_range):
+    """Dart-throw ellipse centres that may touch (slight overlap) but not swallow each other."""
+    height, width = shape
+    centres, radii = [], []
+    for _ in range(n_objects * 12):
+        if len(centres) == n_objects:
+            break
+        radius = rng.uniform(*radius_range)
+        centre = rng.uniform([-0.3 * radius, -0.3 * radius], [height + 0.3 * radius, width + 0.3 * radius])
+        if all(
+            np.hypot(*(centre - c)) > 0.75 * (radius + r) for c, r in zip(centres, radii)
+        ):
+            centres.append(centre)
+            radii.append(radius)
+    return centres, radii
+
+
+def _rasterise(shape, objects, border_noise):
+    """Assign each pixel to the object whose normalised elliptic distance is smallest and < 1.
+
+    Returns the instance map (0 = background, k + 1 = object k) and the distance map (how deep
+    inside its object a pixel lies: 0 at the centre, 1 at the border).
+    """
+    height, width = shape
+    ids = np.zeros(shape, dtype=np.int32)
+    depth = np.full(shape, np.inf)
+    for k, (cy, cx, a, b, angle, wobble) in enumerate(objects):
+        r = int(np.ceil(max(a, b) * (1 + wobble) + 2))
+        y0, y1 = max(int(cy) - r, 0), min(int(cy) + r + 1, height)
+        x0, x1 = max(int(cx) - r, 0), min(int(cx) + r + 1, width)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        dy = np.arange(y0, y1)[:, None] - cy
+        dx = np.arange(x0, x1)[None, :] - cx
+        u = dx * np.cos(angle) + dy * np.sin(angle)
+        v = -dx * np.sin(angle) + dy * np.cos(angle)
+        d = np.sqrt((u / a) ** 2 + (v / b) ** 2) * (1 + wobble * border_noise[y0:y1, x0:x1])
+        window = depth[y0:y1, x0:x1]
+        inside = (d < 1.0) & (d < window)
+        window[inside] = d[inside]
+        ids[y0:y1, x0:x1][inside] = k + 1
+    return ids, depth
+
+
+def make_synthetic_image(rng, size, *, malignant):
+    """Draw one synthetic image.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    size : tuple of (int, int)
+        ``(H, W)``.
+    malignant : bool
+        Malignant images have more rare objects and more deformed glands.
+
+    Returns
+    -------
+    image : ndarray of shape (H, W, 3), dtype uint8
+    mask : ndarray of shape (H, W), dtype int32
+        Instance ids ``1..K`` (consecutive), 0 = background.
+    """
+    height, width = size
+    shape = (height, width)
+    scale = np.sqrt(height * width / (192 * 256))
+    # Smooth enough that a deformed border stays one connected object.
+    border_noise = _noise(rng, shape, 5.0)
+
+    # Glands: dense, touching, similar-looking.
+    n_glands = int(rng.integers(14, 22) * scale**2)
+    centres, radii = _place_objects(rng, shape, n_glands, (11 * scale, 22 * scale))
+    glands = []
+    for (cy, cx), radius in zip(centres, radii):
+        aspect = rng.uniform(0.6, 1.0)
+        wobble = rng.uniform(0.12, 0.22) if malignant else rng.uniform(0.04, 0.12)
+        glands.append((cy, cx, radius, radius * aspect, rng.uniform(0, np.pi), wobble))
+
+    # Rare objects: elongated, blobby, solid; a minority of all objects.
+    n_rare = int(rng.integers(1, 4)) if malignant else int(rng.random() < 0.3)
+    rare = []
+    for _ in range(n_rare):
+        length = rng.uniform(25, 45) * scale
+        rare.append(
+            (
+                rng.uniform(0, height),
+                rng.uniform(0, width),
+                length,
+                length * rng.uniform(0.2, 0.35),
+                rng.uniform(0, np.pi),
+                rng.uniform(0.2, 0.3),
+            )
+        )
+    # Rare objects are drawn last and win ties, so they cut into the glands they overlap.
+    ids, depth = _rasterise(shape, glands + rare, border_noise)
+    is_rare = ids > len(glands)
+    is_gland = (ids > 0) & ~is_rare
+
+    # Concentrations of haematoxylin (H, purple) and eosin (E, pink) per pixel.
+    streak = (1.0, 5.0) if rng.random() < 0.5 else (5.0, 1.0)
+    fibres = ndimage.gaussian_filter(rng.standard_normal(shape), streak)
+    fibres /= fibres.std() + 1e-12
+    gaps = _noise(rng, shape, 6.0) > 1.6
+    conc_e = 0.45 + 0.12 * fibres + 0.08 * _noise(rng, shape, 8.0)
+    conc_h = 0.10 + 0.03 * _noise(rng, shape, 2.0)
+    conc_e[gaps] *= 0.25
+    conc_h[gaps] *= 0.3
+
+    lumen_ratio = rng.uniform(0.35, 0.75, len(glands) + 1)[np.minimum(ids, len(glands))]
+    rim = is_gland & (depth >= lumen_ratio)
+    lumen = is_gland & ~rim
+    conc_h[rim] = 0.55 + 0.1 * border_noise[rim]
+    conc_e[rim] = 0.35
+    conc_h[lumen] = 0.04
+    conc_e[lumen] = 0.10 + 0.05 * fibres[lumen]
+    speckle = rng.standard_normal(shape)
+    conc_h[is_rare] = 0.85 + 0.25 * speckle[is_rare]
+    conc_e[is_rare] = 0.55 + 0.1 * speckle[is_rare]
+
+    # Nuclei: dense along the gland rims, sparse in the stroma (a confounder for "dark = gland").
+    p_nucleus = np.where(rim, 0.03, np.where(ids == 0, 0.0025, 0.0))
+    nuclei = ndimage.gaussian_filter((rng.random(shape) < p_nucleus).astype(float), 1.3)
+    conc_h += 9.0 * nuclei
+
+    stain_h = _stain_vector(rng, _H_VECTOR, 0.06) * rng.uniform(0.75, 1.3)
+    stain_e = _stain_vector(rng, _E_VECTOR, 0.06) * rng.uniform(0.7, 1.3)
+    density = np.clip(conc_h, 0, None)[..., None] * stain_h + np.clip(conc_e, 0, None)[..., None] * stain_e
+    rgb = 255.0 * np.exp(-density) + rng.normal(0.0, rng.uniform(3.0, 8.0), shape + (3,))
+    image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+    # One connected piece per id (a rare object can cut a gland in two), consecutive ids, and no
+    # slivers hidden by other objects or cut by the border.
+    ids = measure.label(ids, background=0, connectivity=1)
+    labels, counts = np.unique(ids, return_counts=True)
+    keep = labels[(labels > 0) & (counts >= 20)]
+    lookup = np.zeros(ids.max() + 1, dtype=np.int32)
+    lookup[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    return image, lookup[ids]
