@@ -1,0 +1,716 @@
+"""``SegmentationNet``: the segmentation network as a scikit-learn / skorch estimator.
+
+It trains on patches, predicts patches or whole images, and scores a pool of patches in one
+streaming pass (:meth:`SegmentationNet.score_pool`), yielding the :class:`~focal_al.scores.PoolScores`
+every query criterion reads.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from sklearn.exceptions import NotFittedError
+from skorch import NeuralNet
+from skorch.dataset import unpack_data
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, RandomSampler
+
+from focal_al.nets import EDConvNet
+from focal_al.scores import PoolScores
+
+__all__ = ["SegmentationNet", "softmax_channels"]
+
+
+def softmax_channels(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (dim 1) of ``(N, C, H, W)`` logits; the default ``predict_nonlinearity``."""
+    return torch.softmax(logits.float(), dim=1)
+
+
+class _PatchDataset(torch.utils.data.Dataset):
+    """Reads one patch (and its labels) at a time, so a memmap pool is never loaded whole."""
+
+    def __init__(self, X, y=None):
+        self.X = X
+        self.y = y
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(np.array(self.X[i]))
+        if self.y is None:
+            return x, torch.zeros((), dtype=torch.int64)
+        return x, torch.from_numpy(np.asarray(self.y[i]).astype(np.int64))
+
+
+def _dihedral(t: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 flips / 90-degree rotations of the last two axes."""
+    t = torch.rot90(t, k % 4, dims=(-2, -1))
+    return torch.flip(t, dims=(-1,)) if k >= 4 else t
+
+
+class SegmentationNet(NeuralNet):
+    """A per-pixel classifier (ED-ConvNet by default) as a skorch / scikit-learn estimator.
+
+    Inputs are patches ``X`` of shape ``(N, C, H, W)`` (uint8, divided by 255 inside, or float,
+    used as is) and class labels ``y`` of shape ``(N, H, W)`` (``ignore_index`` marks unrevealed
+    pixels, which the loss ignores). ``X`` and ``y`` may be ``numpy.memmap`` arrays (or any array
+    that supports ``X[i]``): samples are read one at a time, never loaded whole.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class or instance, default=EDConvNet
+        Must return ``(logits (N, C, H, W), descriptor (N, d))`` and should expose
+        ``in_channels``, ``n_classes`` and ``size_multiple`` (used to validate inputs). Set its
+        arguments with ``module__width=16`` etc.
+    criterion : loss class, default=torch.nn.CrossEntropyLoss
+        Built with ``ignore_index=ignore_index`` when it is ``CrossEntropyLoss`` (unless
+        ``criterion__ignore_index`` is given).
+    optimizer : optimizer class, default=torch.optim.Adam
+    lr : float, default=1e-3
+    max_epochs : int, default=10
+    batch_size : int, default=16
+    train_split : callable or None, default=None
+        No internal validation split by default (labels are scarce in active learning).
+    predict_nonlinearity : callable, default=softmax_channels
+        Applied to the logits by ``predict_proba``.
+    ignore_index : int, default=255
+        Label value of unrevealed / ignored pixels.
+    augment : bool, default=True
+        During training only, apply to each sample of a batch one of the 8 flips / 90-degree
+        rotations, drawn at random (flips and 180-degree rotation only for non-square patches),
+        to the images and labels alike, on the batch tensor.
+    color_jitter : float, default=0.0
+        During training only, scale each sample's brightness and contrast by factors drawn
+        uniformly in ``[1 - color_jitter, 1 + color_jitter]`` (0 disables it).
+    steps_per_epoch : int or None, default=None
+        If set, each epoch draws exactly this many batches, sampling patches with replacement, so
+        that active-learning rounds train for equal gradient steps whatever the labelled-set size.
+        If None, an epoch is one shuffled pass over the training set.
+    random_state : int, numpy Generator or None, default=None
+        Seeds the weight initialisation, the batch order and the augmentation. With an int, the
+        same calls give the same weights and predictions on CPU. Global RNG state is not touched.
+    device : str or torch.device, default="auto"
+        ``"auto"``: CUDA if available, else CPU. The resolved device is ``device_``.
+    mixed_precision : bool, default=True
+        On CUDA, run the network under bfloat16 autocast (ignored on CPU, or where the GPU lacks
+        bfloat16); losses, probabilities and scores are computed in float32.
+    warm_start : bool, default=False
+        skorch's warm start: if True, ``fit`` continues from the current weights and optimizer
+        state instead of re-initialising (use it between active-learning rounds). ``partial_fit``
+        always continues.
+    verbose : int, default=0
+        0 is silent; 1 prints skorch's per-epoch table.
+    **kwargs
+        Further skorch parameters (``iterator_train__shuffle`` defaults to True; ``callbacks``,
+        ``module__*``, ``optimizer__*``, ...).
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+        The initialised network.
+    device_ : torch.device
+        The device in use.
+
+    Notes
+    -----
+    The net counts as fitted once initialised (skorch's convention); calling any prediction
+    method before ``fit``, ``initialize`` or ``load_weights`` raises ``NotFittedError``.
+    ``infer`` returns the logits only (what the loss and skorch's prediction code expect);
+    the descriptor is read by calling ``module_`` directly in :meth:`score_pool` and
+    :meth:`score_images`.
+    """
+
+    def __init__(
+        self,
+        module=EDConvNet,
+        *,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        max_epochs=10,
+        batch_size=16,
+        train_split=None,
+        predict_nonlinearity=softmax_channels,
+        ignore_index=255,
+        augment=True,
+        color_jitter=0.0,
+        steps_per_epoch=None,
+        random_state=None,
+        device="auto",
+        mixed_precision=True,
+        warm_start=False,
+        verbose=0,
+        **kwargs,
+    ):
+        kwargs.setdefault("iterator_train__shuffle", True)
+        super().__init__(
+            module,
+            criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            predict_nonlinearity=predict_nonlinearity,
+            warm_start=warm_start,
+            verbose=verbose,
+            device=device,
+            **kwargs,
+        )
+        self.ignore_index = ignore_index
+        self.augment = augment
+        self.color_jitter = color_jitter
+        self.steps_per_epoch = steps_per_epoch
+        self.random_state = random_state
+        self.mixed_precision = mixed_precision
+
+    # ------------------------------------------------------------------ initialisation
+
+    def _check_params(self) -> None:
+        problems = []
+        if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, (int, np.integer)):
+            problems.append(f"'ignore_index' must be an int. Got {self.ignore_index!r} instead.")
+        if not isinstance(self.color_jitter, (int, float)) or not 0 <= self.color_jitter < 1:
+            problems.append(f"'color_jitter' must be a float in [0, 1). Got {self.color_jitter!r} instead.")
+        spe = self.steps_per_epoch
+        if spe is not None and (isinstance(spe, bool) or not isinstance(spe, (int, np.integer)) or spe < 1):
+            problems.append(f"'steps_per_epoch' must be None or an int >= 1. Got {spe!r} instead.")
+        if problems:
+            raise ValueError("Invalid parameters of SegmentationNet: " + " ".join(problems))
+
+    def _resolve_device(self) -> torch.device:
+        if isinstance(self.device, str) and self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device is None:
+            return torch.device("cpu")
+        return torch.device(self.device)
+
+    @contextlib.contextmanager
+    def _concrete_device(self):
+        # skorch moves modules with ``to_device(m, self.device)``, which cannot read "auto";
+        # resolve it for the duration of skorch's own initialisation, then restore the parameter
+        # so that get_params/clone still see what the user passed.
+        requested = self.__dict__["device"]
+        self.__dict__["device"] = self.device_
+        try:
+            yield
+        finally:
+            self.__dict__["device"] = requested
+
+    def initialize(self):
+        """Initialise (or re-initialise) the network, criterion, optimizer and random streams."""
+        self._check_params()
+        self.device_ = self._resolve_device()
+        self.rng_ = np.random.default_rng(self.random_state)
+        self.torch_generator_ = torch.Generator().manual_seed(int(self.rng_.integers(2**62)))
+        return super().initialize()
+
+    def _initialize_module(self, reason=None):
+        with self._concrete_device():
+            return super()._initialize_module(reason=reason)
+
+    def _initialize_criterion(self, reason=None):
+        with self._concrete_device():
+            return super()._initialize_criterion(reason=reason)
+
+    def initialize_module(self):
+        """Build the module with weights drawn from ``random_state`` (global RNG untouched)."""
+        seed = int(self.rng_.integers(2**62))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return super().initialize_module()
+
+    def get_params_for(self, prefix):
+        params = super().get_params_for(prefix)
+        if (
+            prefix == "criterion"
+            and isinstance(self.criterion, type)
+            and issubclass(self.criterion, torch.nn.CrossEntropyLoss)
+        ):
+            params.setdefault("ignore_index", self.ignore_index)
+        return params
+
+    # ------------------------------------------------------------------ validation
+
+    def _module_attr(self, name):
+        module = getattr(self, "module_", None)
+        return getattr(module, name, None)
+
+    def _check_X(self, X, name: str = "X") -> list[str]:
+        problems = []
+        shape = getattr(X, "shape", None)
+        if shape is None:
+            return [f"'{name}' must be an array of shape (N, C, H, W); got {type(X).__name__}."]
+        if len(shape) != 4:
+            return [f"'{name}' must have shape (N, C, H, W); got shape {tuple(shape)}."]
+        if shape[0] == 0:
+            problems.append(f"'{name}' is empty (0 samples); at least one sample is needed.")
+        dtype = np.dtype(getattr(X, "dtype", np.float32))
+        if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+            problems.append(f"'{name}' must be uint8 (0..255) or float; got dtype {dtype}.")
+        in_channels = self._module_attr("in_channels")
+        if in_channels is not None and shape[1] != in_channels:
+            problems.append(
+                f"'{name}' has {shape[1]} channels (axis 1 of shape {tuple(shape)}) but the module "
+                f"expects in_channels={in_channels}; images must be channels-first (N, C, H, W)."
+            )
+        multiple = self._module_attr("size_multiple")
+        if multiple is not None and (shape[2] % multiple or shape[3] % multiple):
+            problems.append(
+                f"'{name}' has spatial size {shape[2]}x{shape[3]}, which is not a multiple of "
+                f"2**depth = {multiple}; use patch sides that are multiples of {multiple}, or "
+                f"predict_images / score_images, which pad whole images."
+            )
+        return problems
+
+    def _check_y(self, X, y) -> list[str]:
+        shape = getattr(y, "shape", None)
+        if shape is None:
+            return [f"'y' must be an array of shape (N, H, W); got {type(y).__name__}."]
+        if len(shape) != 3:
+            return [f"'y' must have shape (N, H, W) (one class label per pixel); got shape {tuple(shape)}."]
+        problems = []
+        if len(y) != len(X):
+            problems.append(f"'X' has {len(X)} samples but 'y' has {len(y)}.")
+        elif tuple(shape[1:]) != tuple(X.shape[2:]):
+            problems.append(f"'y' has spatial size {tuple(shape[1:])} but 'X' has {tuple(X.shape[2:])}.")
+        dtype = np.dtype(y.dtype)
+        if not np.issubdtype(dtype, np.integer):
+            problems.append(f"'y' must hold integer class labels; got dtype {dtype}.")
+            return problems
+        n_classes = self._module_attr("n_classes")
+        if n_classes is not None:
+            bad = set()
+            # Chunked, so a memmap of labels is scanned without loading it whole.
+            for start in range(0, len(y), 1024):
+                chunk = np.asarray(y[start:start + 1024])
+                invalid = ((chunk < 0) | (chunk >= n_classes)) & (chunk != self.ignore_index)
+                if invalid.any():
+                    bad.update(np.unique(chunk[invalid])[:10].tolist())
+            if bad:
+                problems.append(
+                    f"'y' contains labels {sorted(bad)[:10]} outside 0..{n_classes - 1} "
+                    f"(n_classes={n_classes}) that are not the ignore value {self.ignore_index}."
+                )
+        return problems
+
+    def check_data(self, X, y=None):
+        """Validate training data (collects every problem into one ``ValueError``)."""
+        problems = self._check_X(X)
+        if y is None:
+            problems.append("'y' is required to fit: class labels of shape (N, H, W).")
+        elif len(getattr(X, "shape", ())) == 4:
+            problems += self._check_y(X, y)
+        if problems:
+            raise ValueError("Invalid training data for SegmentationNet.fit: " + " ".join(problems))
+
+    def _check_fitted(self, method: str) -> None:
+        if not getattr(self, "initialized_", False) or getattr(self, "module_", None) is None:
+            raise NotFittedError(
+                f"This SegmentationNet instance is not fitted yet; call 'fit' (or 'load_weights') "
+                f"before '{method}'."
+            )
+
+    def check_is_fitted(self, attributes=None, *args, **kwargs):
+        self._check_fitted("predicting")
+
+    # ------------------------------------------------------------------ data
+
+    def get_dataset(self, X, y=None):
+        if isinstance(X, torch.utils.data.Dataset):
+            return X
+        return _PatchDataset(X, y)
+
+    def get_iterator(self, dataset, training=False):
+        if not training:
+            return super().get_iterator(dataset, training=False)
+        kwargs = self.get_params_for("iterator_train")
+        kwargs.setdefault("batch_size", self.batch_size)
+        if kwargs["batch_size"] == -1:
+            kwargs["batch_size"] = len(dataset)
+        if "sampler" not in kwargs and "batch_sampler" not in kwargs:
+            shuffle = kwargs.pop("shuffle", False)
+            if self.steps_per_epoch is not None:
+                kwargs["sampler"] = RandomSampler(
+                    dataset,
+                    replacement=True,
+                    num_samples=int(self.steps_per_epoch) * kwargs["batch_size"],
+                    generator=self.torch_generator_,
+                )
+            elif shuffle:
+                kwargs["sampler"] = RandomSampler(dataset, generator=self.torch_generator_)
+        return self.iterator_train(dataset, **kwargs)
+
+    def _to_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device_, non_blocking=True)
+        if x.dtype == torch.uint8:
+            return x.float().div_(255.0)
+        return x.float()
+
+    def _autocast(self):
+        enabled = (
+            bool(self.mixed_precision)
+            and self.device_.type == "cuda"
+            and torch.cuda.is_bf16_supported()
+        )
+        return torch.autocast(device_type=self.device_.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-time augmentation of a batch: random dihedral transform, then colour jitter."""
+        n = x.shape[0]
+        g = self.torch_generator_
+        out_x, out_y = x, y
+        if self.augment:
+            out_x, out_y = self._random_dihedral(x, y)
+        if self.color_jitter:
+            cj = float(self.color_jitter)
+            # One brightness and one contrast factor per sample.
+            scale = (1 + cj * (2 * torch.rand((n, 2, 1, 1, 1), generator=g) - 1)).to(x.device)
+            mean = out_x.mean(dim=(1, 2, 3), keepdim=True)
+            out_x = ((out_x - mean) * scale[:, 1] + mean) * scale[:, 0]
+            out_x = out_x.clamp_(0.0, 1.0)
+        return out_x, out_y
+
+    def _random_dihedral(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample gets one of the 8 flips / 90-degree rotations, images and labels alike."""
+        n = x.shape[0]
+        g = self.torch_generator_
+        if x.shape[-1] == x.shape[-2]:
+            ops = torch.randint(0, 8, (n,), generator=g)
+        else:
+            # Non-square patches keep their shape only under flips and the 180-degree rotation.
+            ops = torch.tensor([0, 2, 4, 6])[torch.randint(0, 4, (n,), generator=g)]
+        out_x, out_y = torch.empty_like(x), torch.empty_like(y)
+        for k in torch.unique(ops).tolist():
+            idx = (ops == k).nonzero().flatten().to(x.device)
+            out_x[idx] = _dihedral(x[idx], k)
+            out_y[idx] = _dihedral(y[idx], k)
+        return out_x, out_y
+
+    # ------------------------------------------------------------------ skorch hooks
+
+    def infer(self, x, **fit_params):
+        """Logits ``(N, C, H, W)`` of a batch (the descriptor is dropped; see ``score_pool``)."""
+        x = self._to_input(x)
+        with self._autocast():
+            out = self.module_(x, **fit_params)
+        logits = out[0] if isinstance(out, tuple) else out
+        return logits.float()
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        Xi = self._to_input(Xi)
+        yi = yi.to(self.device_, non_blocking=True)
+        if self.augment or self.color_jitter:
+            Xi, yi = self._augment(Xi, yi)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        loss.backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """Criterion on the logits; 0 (with a graph) for a batch whose pixels are all ignored."""
+        if isinstance(y_pred, tuple):
+            y_pred = y_pred[0]
+        y_true = torch.as_tensor(y_true).to(y_pred.device).long()
+        # CrossEntropyLoss(reduction="mean") is 0/0 = NaN when every pixel is ignored, which
+        # would poison the weights; such batches happen when patches overlap unrevealed regions.
+        if not bool((y_true != self.ignore_index).any()):
+            return y_pred.sum() * 0.0
+        return self.criterion_(y_pred, y_true)
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, X, y=None, **fit_params):
+        """Train on patches.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, C, H, W), uint8 or float
+            Patches (a memmap is read lazily); H and W multiples of ``module_.size_multiple``.
+        y : array-like of shape (N, H, W), int
+            Class labels, ``ignore_index`` for unrevealed pixels.
+
+        Returns
+        -------
+        self
+        """
+        return super().fit(X, y, **fit_params)
+
+    # ------------------------------------------------------------------ prediction
+
+    def _batches(self, X, batch_size: int | None, method: str) -> Iterator[torch.Tensor]:
+        """Validate ``X`` now, then yield its batches (on the device, as float in [0, 1])."""
+        problems = self._check_X(X)
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+        ):
+            problems.append(f"'batch_size' must be None or an int >= 1; got {batch_size!r}.")
+        if problems:
+            raise ValueError(f"Invalid input to SegmentationNet.{method}: " + " ".join(problems))
+        loader = DataLoader(_PatchDataset(X), batch_size=batch_size or self.batch_size, shuffle=False)
+        return (self._to_input(xb) for xb, _ in loader)
+
+    def predict_proba(self, X, *, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities of patches.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, C, H, W), uint8 or float
+        batch_size : int, optional
+            Defaults to ``batch_size``.
+
+        Returns
+        -------
+        ndarray of shape (N, C, H, W), float32
+        """
+        self._check_fitted("predict_proba")
+        nonlin = self._get_predict_nonlinearity()
+        batches = self._batches(X, batch_size, "predict_proba")
+        out = None
+        start = 0
+        self.module_.eval()
+        with torch.inference_mode():
+            for xb in batches:
+                proba = nonlin(self.infer(xb)).float().cpu().numpy()
+                if out is None:
+                    out = np.empty((len(X),) + proba.shape[1:], dtype=np.float32)
+                out[start:start + len(proba)] = proba
+                start += len(proba)
+        return out
+
+    def predict(self, X, *, batch_size: int | None = None) -> np.ndarray:
+        """Most probable class per pixel.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, C, H, W), uint8 or float
+        batch_size : int, optional
+
+        Returns
+        -------
+        ndarray of shape (N, H, W), int64
+        """
+        self._check_fitted("predict")
+        batches = self._batches(X, batch_size, "predict")
+        out = np.empty((len(X),) + tuple(X.shape[2:]), dtype=np.int64)
+        start = 0
+        self.module_.eval()
+        with torch.inference_mode():
+            for xb in batches:
+                labels = self.infer(xb).argmax(dim=1).cpu().numpy()
+                out[start:start + len(labels)] = labels
+                start += len(labels)
+        return out
+
+    @staticmethod
+    def _uncertainty(proba: torch.Tensor, valid: torch.Tensor | None = None):
+        """Per-sample mean entropy, margin and least confidence of ``(n, C, H, W)`` probabilities."""
+        entropy = torch.special.entr(proba).sum(dim=1)
+        top = proba.topk(2, dim=1).values
+        margin = top[:, 0] - top[:, 1]
+        least = 1.0 - top[:, 0]
+        if valid is None:
+            return entropy.mean(dim=(1, 2)), margin.mean(dim=(1, 2)), least.mean(dim=(1, 2))
+        return entropy[valid].mean(), margin[valid].mean(), least[valid].mean()
+
+    def score_pool(self, X, *, batch_size: int | None = None) -> PoolScores:
+        """Uncertainty scores and descriptors of a pool of patches, in one streaming pass.
+
+        This is the exact per-patch mode (the default and only mode here): every patch is run
+        through the network on its own, as in the paper; memory is bounded by one batch.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, C, H, W), uint8 or float
+            The pool (a memmap, e.g. ``PatchStore.patches``, is read batch by batch).
+        batch_size : int, optional
+            Defaults to ``batch_size``.
+
+        Returns
+        -------
+        PoolScores
+            ``entropy`` (N,) mean pixel entropy (natural log, Eq. 2); ``margin`` (N,) mean of
+            ``p_top1 - p_top2``; ``least_confidence`` (N,) mean of ``1 - max_j p_j``;
+            ``descriptors`` (N, d) float32, the channel-wise mean of the bottleneck.
+        """
+        self._check_fitted("score_pool")
+        batches = self._batches(X, batch_size, "score_pool")
+        n = len(X)
+        entropy = np.empty(n, dtype=np.float32)
+        margin = np.empty(n, dtype=np.float32)
+        least = np.empty(n, dtype=np.float32)
+        descriptors = None
+        start = 0
+        self.module_.eval()
+        with torch.inference_mode():
+            for xb in batches:
+                with self._autocast():
+                    logits, desc = self.module_(xb)
+                proba = torch.softmax(logits.float(), dim=1)
+                stop = start + len(xb)
+                h, m, lc = self._uncertainty(proba)
+                entropy[start:stop] = h.cpu().numpy()
+                margin[start:stop] = m.cpu().numpy()
+                least[start:stop] = lc.cpu().numpy()
+                if descriptors is None:
+                    descriptors = np.empty((n, desc.shape[1]), dtype=np.float32)
+                descriptors[start:stop] = desc.float().cpu().numpy()
+                start = stop
+        return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors)
+
+    # ------------------------------------------------------------------ whole images
+
+    def _image_batches(self, images: Sequence, batch_size: int, method: str):
+        """Yield (indices, padded batch tensor, (h, w)) for images grouped by size, order kept."""
+        self._check_fitted(method)
+        images = list(images)
+        problems = []
+        if not images:
+            problems.append("'images' is empty; at least one image is needed.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            problems.append(f"'batch_size' must be an int >= 1; got {batch_size!r}.")
+        in_channels = self._module_attr("in_channels") or 3
+        for k, img in enumerate(images):
+            shape = np.shape(img)
+            if len(shape) != 3 or shape[2] != in_channels:
+                problems.append(
+                    f"image {k} has shape {shape}; expected (H, W, {in_channels}) (channels last)."
+                )
+            elif shape[0] == 0 or shape[1] == 0:
+                problems.append(f"image {k} is empty (shape {shape}).")
+        if problems:
+            raise ValueError(f"Invalid input to SegmentationNet.{method}: " + " ".join(problems))
+        multiple = self._module_attr("size_multiple") or 1
+        order = sorted(range(len(images)), key=lambda k: np.shape(images[k])[:2])
+        groups: list[list[int]] = []
+        for k in order:
+            if groups and np.shape(images[groups[-1][0]])[:2] == np.shape(images[k])[:2] and len(groups[-1]) < batch_size:
+                groups[-1].append(k)
+            else:
+                groups.append([k])
+        for group in groups:
+            h, w = np.shape(images[group[0]])[:2]
+            ph, pw = -h % multiple, -w % multiple
+            # numpy's reflect padding repeats the reflection when the pad exceeds the image side.
+            batch = np.stack([
+                np.pad(np.asarray(images[k]), ((0, ph), (0, pw), (0, 0)), mode="reflect")
+                if (ph or pw) else np.asarray(images[k])
+                for k in group
+            ])
+            yield group, self._to_input(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))), (h, w)
+
+    def predict_images(self, images: Sequence, *, batch_size: int = 1) -> list[np.ndarray]:
+        """Class probabilities of whole images of any size.
+
+        Each image is mirror-padded (reflect) at the bottom and right to a multiple of the
+        network's ``size_multiple``, predicted whole, and the prediction cropped back.
+
+        Parameters
+        ----------
+        images : sequence of ndarray of shape (H_k, W_k, 3), uint8
+        batch_size : int, default=1
+            Images of equal size are batched together, up to this many.
+
+        Returns
+        -------
+        list of ndarray of shape (C, H_k, W_k), float32
+            In the order of ``images``.
+        """
+        self._check_fitted("predict_images")
+        images = list(images)
+        out: list = [None] * len(images)
+        nonlin = self._get_predict_nonlinearity()
+        with torch.inference_mode():
+            for group, xb, (h, w) in self._image_batches(images, batch_size, "predict_images"):
+                self.module_.eval()
+                proba = nonlin(self.infer(xb))[:, :, :h, :w].float().cpu().numpy()
+                for k, p in zip(group, proba):
+                    out[k] = np.ascontiguousarray(p)
+        return out
+
+    def score_images(self, images: Sequence, *, batch_size: int = 1) -> PoolScores:
+        """Uncertainty scores and descriptors of whole images of any size (image-level pools).
+
+        Parameters
+        ----------
+        images : sequence of ndarray of shape (H_k, W_k, 3), uint8
+        batch_size : int, default=1
+            Images of equal size are batched together, up to this many.
+
+        Returns
+        -------
+        PoolScores
+            Per image: mean entropy, margin and least confidence over the image's own pixels
+            (padding excluded); descriptor = channel-wise mean of the bottleneck over the whole
+            padded image.
+        """
+        images = list(images)
+        n = len(images)
+        entropy = np.empty(n, dtype=np.float32)
+        margin = np.empty(n, dtype=np.float32)
+        least = np.empty(n, dtype=np.float32)
+        descriptors = None
+        with torch.inference_mode():
+            for group, xb, (h, w) in self._image_batches(images, batch_size, "score_images"):
+                self.module_.eval()
+                with self._autocast():
+                    logits, desc = self.module_(xb)
+                proba = torch.softmax(logits.float()[:, :, :h, :w], dim=1)
+                hh, m, lc = self._uncertainty(proba)
+                entropy[group] = hh.cpu().numpy()
+                margin[group] = m.cpu().numpy()
+                least[group] = lc.cpu().numpy()
+                if descriptors is None:
+                    descriptors = np.empty((n, desc.shape[1]), dtype=np.float32)
+                descriptors[group] = desc.float().cpu().numpy()
+        return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors)
+
+    # ------------------------------------------------------------------ weights
+
+    def save_weights(self, path) -> None:
+        """Save the network's weights (``state_dict`` only, via ``torch.save``).
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        self._check_fitted("save_weights")
+        state = {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}
+        tmp = f"{os.fspath(path)}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_weights(self, path):
+        """Load weights saved by :meth:`save_weights`, initialising the net first if needed.
+
+        Only tensors are read (``torch.load(weights_only=True)``): a file that holds any other
+        pickled object is refused with a ``ValueError`` and nothing in it is executed.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        self
+        """
+        if not getattr(self, "initialized_", False):
+            self.initialize()
+        try:
+            state = torch.load(path, map_location=self.device_, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"Refused to load {os.fspath(path)!r}: it is not a plain weights file (only tensors "
+                f"are accepted; nothing was executed). Details: {exc}"
+            ) from exc
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{os.fspath(path)!r} does not hold a state_dict of tensors.")
+        self.module_.load_state_dict(state)
+        return self
