@@ -1,0 +1,35 @@
+"""Shared fixtures: where the real data lives (tests needing it are skipped when it is absent)."""
+import os
+from pathlib import Path
+
+import pytest
+
+# The repository sits next to shared/ (``<work>/main/tests`` -> ``<work>/shared/data``).
+_DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The shared data folder: ``$FOCAL_AL_DATA_DIR`` or ``../shared/data``; skip if absent."""
+    path = Path(os.environ.get("FOCAL_AL_DATA_DIR", _DEFAULT_DATA_DIR))
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} not found (set FOCAL_AL_DATA_DIR to point at it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def glas_dir(data_dir):
+    """The full GlaS release (165 PNG pairs + Grade.csv); skip if absent."""
+    path = data_dir / "glas"
+    if not (path / "train_1.png").is_file():
+        pytest.skip(f"GlaS data not found in {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def glas_bmp_dir(data_dir):
+    """Two original GlaS release BMP pairs (train_1, testA_1); skip if absent."""
+    path = data_dir / "glas-bmp-sample"
+    if not (path / "train_1.bmp").is_file():
+        pytest.skip(f"GlaS BMP sample not found in {path}")
+    return path
