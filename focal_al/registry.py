@@ -125,6 +125,8 @@ _STRATEGIES: dict[str, Registered] = {}
 _FAILED: list[FailedPlugin] = []
 # Entry points already loaded (or tried), so each loads once; keyed by (group, name, value).
 _LOADED_EPS: set[tuple[str, str, str]] = set()
+# Modules imported through entry points, so that _reset can make them register again.
+_EP_MODULES: set[str] = set()
 _loaded = False
 _loading = False
 # The distribution whose entry point is being imported right now: its decorators record it.
@@ -238,6 +240,7 @@ def _load_entry_point(group: str, ep) -> None:
     if key in _LOADED_EPS:
         return
     _LOADED_EPS.add(key)
+    _EP_MODULES.add(ep.value.split(":")[0].strip())
     source, version = _ep_source(ep)
     before = (dict(_CRITERIA), dict(_STRATEGIES))
     _current_source = (source, version)
@@ -431,5 +434,6 @@ def _reset() -> None:
     _FAILED.clear()
     _LOADED_EPS.clear()
     _loaded = False
-    for module in list(_BUILTIN_MODULES.values()):
+    for module in {*_BUILTIN_MODULES.values(), *_EP_MODULES}:
         sys.modules.pop(module, None)
+    _EP_MODULES.clear()
