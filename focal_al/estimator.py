@@ -218,6 +218,18 @@ class SegmentationNet(NeuralNet):
         with self._concrete_device():
             return super()._initialize_criterion(reason=reason)
 
+    def __setstate__(self, state):
+        # skorch maps the stored tensors onto ``state["device"]``, which cannot read "auto".
+        requested = state["device"]
+        auto = isinstance(requested, str) and requested == "auto"
+        if auto:
+            state["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        super().__setstate__(state)
+        if auto:
+            self.__dict__["device"] = requested
+        if "device_" in self.__dict__:
+            self.device_ = self._resolve_device()
+
     def initialize_module(self):
         """Build the module with weights drawn from ``random_state`` (global RNG untouched)."""
         seed = int(self.rng_.integers(2**62))
@@ -327,9 +339,17 @@ class SegmentationNet(NeuralNet):
         return _PatchDataset(X, y)
 
     def get_iterator(self, dataset, training=False):
+        # Every DataLoader draws a base seed from its generator, or from the global RNG without one:
+        # give each a generator so that fitting and predicting leave global RNG state alone.
         if not training:
-            return super().get_iterator(dataset, training=False)
+            kwargs = self.get_params_for("iterator_valid")
+            kwargs.setdefault("batch_size", self.batch_size)
+            if kwargs["batch_size"] == -1:
+                kwargs["batch_size"] = len(dataset)
+            kwargs.setdefault("generator", torch.Generator())
+            return self.iterator_valid(dataset, **kwargs)
         kwargs = self.get_params_for("iterator_train")
+        kwargs.setdefault("generator", self.torch_generator_)
         kwargs.setdefault("batch_size", self.batch_size)
         if kwargs["batch_size"] == -1:
             kwargs["batch_size"] = len(dataset)
@@ -454,7 +474,9 @@ class SegmentationNet(NeuralNet):
             problems.append(f"'batch_size' must be None or an int >= 1; got {batch_size!r}.")
         if problems:
             raise ValueError(f"Invalid input to SegmentationNet.{method}: " + " ".join(problems))
-        loader = DataLoader(_PatchDataset(X), batch_size=batch_size or self.batch_size, shuffle=False)
+        loader = DataLoader(
+            _PatchDataset(X), batch_size=batch_size or self.batch_size, shuffle=False, generator=torch.Generator()
+        )
         return (self._to_input(xb) for xb, _ in loader)
 
     def predict_proba(self, X, *, batch_size: int | None = None) -> np.ndarray:

@@ -1,0 +1,321 @@
+"""Tests of focal_al.estimator.SegmentationNet on tiny inputs and tiny networks."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from focal_al.estimator import SegmentationNet
+from focal_al.nets import FCN
+from focal_al.scores import PoolScores
+
+TINY = dict(module__width=2, module__depth=2, batch_size=4, max_epochs=1)
+
+
+def data(n=8, side=16, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, (n, 3, side, side), dtype=np.uint8)
+    y = (X[:, 0] > 127).astype(np.uint8)
+    return X, y
+
+
+def tiny(**kw):
+    return SegmentationNet(**{**TINY, "random_state": 0, **kw})
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = data()
+    return tiny().fit(X, y), X, y
+
+
+def weights(net):
+    return {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_defaults():
+    net = SegmentationNet()
+    assert net.batch_size == 16 and net.lr == 1e-3 and net.train_split is None
+    assert net.optimizer is torch.optim.Adam and net.criterion is torch.nn.CrossEntropyLoss
+    assert net.ignore_index == 255 and net.augment is True and net.device == "auto"
+    assert net.iterator_train__shuffle is True
+
+
+def test_fit_predict_shapes(fitted):
+    net, X, _ = fitted
+    proba = net.predict_proba(X)
+    assert proba.shape == (8, 2, 16, 16) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    pred = net.predict(X)
+    assert pred.shape == (8, 16, 16) and np.issubdtype(pred.dtype, np.integer)
+    np.testing.assert_array_equal(pred, proba.argmax(axis=1))
+
+
+def test_float_input_is_used_as_is(fitted):
+    net, X, _ = fitted
+    np.testing.assert_allclose(net.predict_proba(X.astype(np.float32) / 255), net.predict_proba(X), atol=1e-6)
+
+
+def test_clone_and_params():
+    net = tiny(augment=False, steps_per_epoch=3, color_jitter=0.1)
+    params = net.get_params()
+    for key in ("augment", "steps_per_epoch", "random_state", "ignore_index", "device", "module__width"):
+        assert key in params
+    twin = clone(net)
+    assert twin.get_params()["steps_per_epoch"] == 3 and twin.module__width == 2
+    twin.set_params(lr=0.01, module__width=4)
+    assert twin.lr == 0.01 and twin.module__width == 4 and net.lr == 1e-3
+
+
+def test_device_param_survives_fit_and_clone():
+    X, y = data(4)
+    net = tiny().fit(X, y)
+    assert net.device == "auto" and net.device_ == torch.device("cpu")
+    assert clone(net).device == "auto"
+
+
+def test_ignore_index_really_ignored(fitted):
+    net, X, y = fitted
+    logits = torch.randn(8, 2, 16, 16)
+    target = torch.as_tensor(y, dtype=torch.long).clone()
+    target[:, :8] = 255
+    loss = net.get_loss(logits, target)
+    changed = logits.clone()
+    changed[:, :, :8] = torch.randn(8, 2, 8, 16) * 10  # logits at ignored pixels change
+    assert torch.allclose(net.get_loss(changed, target), loss)
+    manual = torch.nn.functional.cross_entropy(logits[:, :, 8:], target[:, 8:])
+    assert torch.allclose(loss, manual)
+
+
+def test_all_ignored_batch_gives_zero_loss_not_nan():
+    X, y = data(4)
+    y[:] = 255
+    net = tiny().fit(X, y)
+    assert net.history[-1, "train_loss"] == 0.0
+    assert all(torch.isfinite(v).all() for v in net.module_.state_dict().values())
+
+
+def test_reproducible_with_random_state():
+    X, y = data()
+    a = tiny(max_epochs=2, random_state=3).fit(X, y)
+    b = tiny(max_epochs=2, random_state=3).fit(X, y)
+    c = tiny(max_epochs=2, random_state=4).fit(X, y)
+    assert same_weights(weights(a), weights(b))
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert not same_weights(weights(a), weights(c))
+
+
+def test_random_state_leaves_global_rng_alone():
+    X, y = data(4)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tiny().fit(X, y)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_warm_start_keeps_weights():
+    X, y = data()
+    net = tiny(warm_start=True, lr=0.0).fit(X, y)
+    before = weights(net)
+    net.fit(X, y)  # lr 0: weights move only if re-initialised (BN running stats aside)
+    after = weights(net)
+    assert same_weights({k: v for k, v in before.items() if "running" not in k and "num_batches" not in k},
+                        {k: v for k, v in after.items() if "running" not in k and "num_batches" not in k})
+    cold = tiny(lr=0.0).fit(X, y)
+    first = weights(cold)
+    cold.set_params(random_state=9)
+    cold.fit(X, y)
+    assert not same_weights(first, weights(cold))
+
+
+def test_partial_fit_continues():
+    X, y = data()
+    net = tiny().fit(X, y)
+    net.partial_fit(X, y)
+    assert len(net.history) == 2
+
+
+def test_steps_per_epoch_draws_exact_batches():
+    X, y = data(5)
+    net = tiny(steps_per_epoch=7, max_epochs=2).fit(X, y)
+    assert [len(epoch["batches"]) for epoch in net.history] == [7, 7]
+    assert all(b["train_batch_size"] == 4 for b in net.history[-1]["batches"])
+
+
+def test_augment_transforms_images_and_labels_alike():
+    net = tiny().initialize()
+    x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4).repeat(1, 3, 1, 1)
+    y = x[:, 0].long()
+    for _ in range(5):
+        ax, ay = net._augment(x, y)
+        assert torch.equal(ax[:, 0].long(), ay)
+        assert torch.equal(ax.sort(dim=-1).values.sum(), x.sort(dim=-1).values.sum())
+
+
+def test_memmap_input(tmp_path):
+    X, y = data(12)
+    mm = np.memmap(tmp_path / "patches.u8", dtype=np.uint8, mode="w+", shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    ro = np.memmap(tmp_path / "patches.u8", dtype=np.uint8, mode="r", shape=X.shape)
+    a = tiny().fit(ro, y)
+    b = tiny().fit(X, y)
+    assert same_weights(weights(a), weights(b))
+    np.testing.assert_array_equal(a.predict_proba(ro), b.predict_proba(X))
+    scores = a.score_pool(ro)
+    np.testing.assert_allclose(scores.entropy, b.score_pool(X).entropy)
+
+
+def test_score_pool_matches_predict_proba(fitted):
+    net, X, _ = fitted
+    scores = net.score_pool(X, batch_size=3)
+    assert isinstance(scores, PoolScores) and len(scores) == len(X)
+    p = net.predict_proba(X).astype(np.float64)
+    entropy = -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=1).mean(axis=(1, 2))
+    top = np.sort(p, axis=1)[:, ::-1]
+    np.testing.assert_allclose(scores.entropy, entropy, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scores.margin, (top[:, 0] - top[:, 1]).mean(axis=(1, 2)), atol=1e-5)
+    np.testing.assert_allclose(scores.least_confidence, (1 - top[:, 0]).mean(axis=(1, 2)), atol=1e-5)
+    assert scores.descriptors.shape == (8, net.module_.descriptor_dim)
+    assert scores.descriptors.dtype == np.float32
+    with torch.no_grad():
+        net.module_.eval()
+        _, desc = net.module_(torch.as_tensor(X[:2]).float() / 255)
+    np.testing.assert_allclose(scores.descriptors[:2], desc.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_whole_images_of_odd_sizes(fitted):
+    net, _, _ = fitted
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(17, 23, 3), (3, 5, 3), (17, 23, 3), (16, 16, 3)]]
+    probas = net.predict_images(images, batch_size=2)
+    assert [p.shape for p in probas] == [(2, 17, 23), (2, 3, 5), (2, 17, 23), (2, 16, 16)]
+    assert all(p.dtype == np.float32 for p in probas)
+    # An image already at the network's multiple gives the same as patch prediction.
+    np.testing.assert_allclose(probas[3], net.predict_proba(images[3].transpose(2, 0, 1)[None])[0], atol=1e-6)
+    # Batching equal-size images changes nothing (eval-mode BatchNorm).
+    np.testing.assert_allclose(probas[0], net.predict_images(images[:1])[0], atol=1e-6)
+    scores = net.score_images(images, batch_size=2)
+    assert len(scores) == 4 and scores.descriptors.shape == (4, net.module_.descriptor_dim)
+    p = probas[1].astype(np.float64)
+    np.testing.assert_allclose(scores.entropy[1], -(p * np.log(p)).sum(axis=0).mean(), rtol=1e-4)
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    net, X, _ = fitted
+    path = tmp_path / "weights.pt"
+    net.save_weights(path)
+    other = tiny(random_state=7).load_weights(path)
+    np.testing.assert_array_equal(other.predict_proba(X), net.predict_proba(X))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path(__import__('os').environ['EVIL_MARK']).touch()",))
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    mark = tmp_path / "pwned"
+    monkeypatch.setenv("EVIL_MARK", str(mark))
+    path = tmp_path / "evil.pt"
+    torch.save({"w": _Evil()}, path)
+    with pytest.raises(ValueError, match="not a plain weights file"):
+        tiny().load_weights(path)
+    assert not mark.exists()
+
+
+def test_fcn_module_works():
+    X, y = data(4)
+    net = tiny(module=FCN).fit(X, y)
+    assert net.predict_proba(X).shape == (4, 2, 16, 16)
+    assert net.score_pool(X).descriptors.shape == (4, 8)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_predict_before_fit():
+    X, _ = data(2)
+    net = tiny()
+    for call in (net.predict, net.predict_proba, net.score_pool):
+        with pytest.raises(NotFittedError, match="not fitted yet.*'fit'"):
+            call(X)
+    with pytest.raises(NotFittedError, match="before 'predict_images'"):
+        net.predict_images([np.zeros((4, 4, 3), np.uint8)])
+    with pytest.raises(NotFittedError):
+        net.save_weights("unused.pt")
+
+
+def test_wrong_channel_count():
+    X, y = data(2)
+    with pytest.raises(ValueError, match=r"'X' has 1 channels .* expects in_channels=3"):
+        tiny().fit(X[:, :1], y)
+
+
+def test_channels_last_images_hint(fitted):
+    net, X, _ = fitted
+    with pytest.raises(ValueError, match=r"image 0 has shape \(3, 16, 16\); expected \(H, W, 3\)"):
+        net.predict_images([X[0]])
+
+
+def test_labels_out_of_range():
+    X, y = data(2)
+    y[0, 0, :3] = [2, 7, 255]
+    with pytest.raises(ValueError, match=r"labels \[2, 7\] outside 0..1 .*ignore value 255"):
+        tiny().fit(X, y)
+
+
+def test_empty_input():
+    X, y = data(2)
+    with pytest.raises(ValueError, match="'X' is empty"):
+        tiny().fit(X[:0], y[:0])
+
+
+def test_length_mismatch():
+    X, y = data(3)
+    with pytest.raises(ValueError, match="'X' has 3 samples but 'y' has 2"):
+        tiny().fit(X, y[:2])
+
+
+def test_spatial_size_not_multiple():
+    X, y = data(2, side=18)
+    with pytest.raises(ValueError, match=r"spatial size 18x18, which is not a multiple of 2\*\*depth = 4"):
+        tiny().fit(X, y)
+
+
+def test_problems_are_collected():
+    X, y = data(3, side=18)
+    with pytest.raises(ValueError) as info:
+        tiny().fit(X[:, :2], y[:2])
+    message = str(info.value)
+    assert "2 channels" in message and "18x18" in message and "3 samples but 'y' has 2" in message
+
+
+def test_invalid_params():
+    X, y = data(2)
+    with pytest.raises(ValueError, match="'steps_per_epoch' must be None or an int >= 1. Got 0"):
+        tiny(steps_per_epoch=0).fit(X, y)
+    with pytest.raises(ValueError, match="'color_jitter' must be a float in"):
+        tiny(color_jitter=2.0).fit(X, y)
+
+
+def test_missing_y_and_bad_label_dtype():
+    X, y = data(2)
+    with pytest.raises(ValueError, match="'y' is required"):
+        tiny().fit(X)
+    with pytest.raises(ValueError, match="integer class labels; got dtype float32"):
+        tiny().fit(X, y.astype(np.float32))
+
+
+def test_pickle_round_trip_keeps_auto_device(fitted):
+    net, X, _ = fitted
+    twin = pickle.loads(pickle.dumps(net))
+    assert twin.device == "auto" and twin.device_ == net.device_
+    np.testing.assert_array_equal(twin.predict_proba(X), net.predict_proba(X))
