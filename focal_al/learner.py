@@ -215,7 +215,8 @@ class PatchActiveLearner(BaseLearner):
         y : ndarray of shape (n, l, l), optional
             Their labels; by default read from ``labels`` / the store.
         X_pool : array-like of shape (n_pool, C, l, l), optional
-            The pool; by default the one given at construction, the store's, or the last queried.
+            The pool; by default the one given at construction, the store's, or the last queried
+            or taught.
         **fit_kwargs
             Passed to the estimator's ``partial_fit``/``fit``.
 
@@ -229,6 +230,8 @@ class PatchActiveLearner(BaseLearner):
         if len(pool) == 0:
             raise ValueError("X_pool is empty; expected the pool the indices refer to.")
         self._check_pool_size(len(pool))
+        if self._pool is None:
+            self._pool = pool
         idx = _as_index_array(indices, len(pool), "indices")
         again = idx[np.isin(idx, self.labelled_)]
         if again.size:
