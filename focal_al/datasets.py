@@ -232,14 +232,12 @@ def _read_mask(path, *, label_binary):
             f">= 0 (0 = background)."
         )
     values = np.unique(array)
-    if label_binary and len(values) <= 2 and set(values.tolist()) <= {0, 1, 255}:
-        return _label_components(array > 0)
+    if len(values) <= 2 and set(values.tolist()) <= {0, 1, 255}:
+        foreground = array > 0
+        if label_binary:
+            return ndimage.label(foreground)[0].astype(np.int32)
+        return foreground.astype(np.int32)
     return array.astype(np.int32)
-
-
-def _label_components(foreground):
-    labels, _ = ndimage.label(foreground)
-    return labels.astype(np.int32)
 
 
 def _check_shapes(image, mask, image_path, mask_path):
