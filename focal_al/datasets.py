@@ -30,7 +30,7 @@ def _natural_key(name):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SegmentationDataset:
     """Images with instance masks.
 
@@ -43,6 +43,9 @@ class SegmentationDataset:
         One unique name per image.
     grades : list of str or None, default=None
         Optional per-image grade (GlaS: ``"benign"`` / ``"malignant"``).
+
+    Two datasets compare equal only if they are the same object (arrays have no single truth
+    value).
     """
 
     images: list

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Sized
+from collections.abc import Sized
 from pathlib import Path
 
 import h5py
