@@ -16,6 +16,7 @@ __all__ = [
     "mean_sq_sorted_distance",
     "mean_sorted_distance",
     "kmeans",
+    "nearest_centroid",
     "allocate_quotas",
     "cluster_importance",
     "evaluate_criterion",
@@ -199,10 +200,40 @@ def kmeans(descriptors, k: int, *, rng: np.random.Generator, n_init: int = 3, ba
         )
     if k == 1:
         return np.zeros(len(x), dtype=np.intp), x.mean(axis=0, keepdims=True)
+    from threadpoolctl import threadpool_limits
+
     seed = int(rng.integers(2**31 - 1))
-    model = MiniBatchKMeans(n_clusters=k, n_init=n_init, batch_size=min(batch_size, len(x)), random_state=seed)
-    labels = model.fit_predict(x)
-    return labels.astype(np.intp), model.cluster_centers_
+    model = MiniBatchKMeans(
+        n_clusters=k, n_init=n_init, batch_size=min(batch_size, len(x)), random_state=seed, compute_labels=False
+    )
+    # Mini-batch steps are tiny: thread start-up costs more than it saves, and on a loaded machine
+    # oversubscribed threads made the fit 10-20x slower (measured, benchmarks/bench_query.py).
+    with threadpool_limits(limits=1):
+        model.fit(x)
+    centroids = model.cluster_centers_
+    return nearest_centroid(x, centroids), centroids
+
+
+def nearest_centroid(x, centroids, *, chunk: int = 65536) -> np.ndarray:
+    """Index of the nearest centroid (squared Euclidean) of each row, by chunked matrix products.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+    centroids : ndarray of shape (k, d)
+
+    Returns
+    -------
+    ndarray of int of shape (n,)
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    c_sq = np.einsum("ij,ij->i", c, c)
+    out = np.empty(len(x), dtype=np.intp)
+    for start in range(0, len(x), chunk):
+        block = np.asarray(x[start:start + chunk], dtype=np.float64)
+        # ||x||^2 is the same for every centroid, so it does not change the argmin.
+        out[start:start + chunk] = np.argmin(c_sq[None, :] - 2.0 * (block @ c.T), axis=1)
+    return out
 
 
 def allocate_quotas(weights, total: int, capacities=None) -> np.ndarray:

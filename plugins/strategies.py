@@ -71,9 +71,17 @@ def iu_id(scores, n_instances, candidates, rng, *, uncertainty="iu", diversity="
     return _top_by(diversity, scores, n, refined, rng)
 
 
+def _candidate_rows(array, candidates):
+    # The whole pool is the common first-round case: a view, not a copy of (N, d) descriptors.
+    if len(candidates) == len(array) and np.array_equal(candidates, np.arange(len(array))):
+        return array
+    return array[candidates]
+
+
 def _clustered(scores, n, candidates, rng, *, k, candidate_ratio, uncertainty, diversity, importance_of):
-    labels, centroids = kmeans(scores.descriptors[candidates], k, rng=rng)
-    importance = importance_of(scores.descriptors[candidates], labels, centroids)
+    x = _candidate_rows(scores.descriptors, candidates)
+    labels, centroids = kmeans(x, k, rng=rng)
+    importance = importance_of(x, labels, centroids)
     return double_ranking(
         scores,
         candidates,
