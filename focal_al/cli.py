@@ -33,3 +33,61 @@ def plugins(pattern):
         click.echo("\nPlugins that failed to load:")
         for f in failed:
             click.echo(f"  {f.source} {f.version} ({f.group}: {f.entry_point} = {f.value}): {f.error}")
+
+
+def _csv(kind):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list of {kind.__name__}; got {value!r}")
+    return parse
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(["quick", "glas-cpu", "paper"]), default="quick", show_default=True,
+              help="quick: built-in synthetic data, small net (~5 min on 2 CPU cores); glas-cpu: GlaS at half "
+                   "resolution (~15 min per strategy and seed); paper: full resolution, width 64 (GPU).")
+@click.option("--dataset", type=click.Choice(["synthetic", "glas", "folder"]), help="Data source.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="GlaS release folder (default: ../shared/data/glas).")
+@click.option("--split", type=click.Choice(["mixed", "testA", "testB"]),
+              help="GlaS train/test pair: Mixed (seeded 80/20 of all 165), or train vs testA / testB.")
+@click.option("--images-dir", type=click.Path(exists=True, file_okay=False), help="Your images (--dataset folder).")
+@click.option("--masks-dir", type=click.Path(exists=True, file_okay=False), help="Your masks (--dataset folder).")
+@click.option("--scale", type=float, help="Resolution factor applied to the images (0.5 = half).")
+@click.option("--strategies", callback=_csv(str),
+              help="Comma-separated: Table 1 numbers (1-7), random-image, random-patch, or any registered strategy.")
+@click.option("--seeds", callback=_csv(int), help="Comma-separated seeds, e.g. 0,1.")
+@click.option("--patch-size", type=int, help="Patch side l in pixels.")
+@click.option("--overlap", type=float, help="Overlap rate rho in [0, 1).")
+@click.option("--clusters", type=int, help="Number of clusters k.")
+@click.option("--lam", type=float, help="Weight of cluster uncertainty in Eq. 8 (lambda).")
+@click.option("--budget", type=float, help="Stop at this fraction of the training pixels.")
+@click.option("--step", type=float, help="Query size per round, as a fraction of the training patches (images).")
+@click.option("--width", type=int, help="Network width w (descriptor dimension 8w).")
+@click.option("--train-steps", type=int, help="Gradient steps per round.")
+@click.option("--initial-train-steps", type=int, help="Gradient steps on the initial labelled set.")
+@click.option("--batch-size", type=int, help="Patches per gradient step.")
+@click.option("--device", help="auto, cpu or cuda.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Output folder [default: bench-out/<preset>].")
+@click.option("--resume", is_flag=True, help="Continue the runs found in --out-dir from their last completed round.")
+@click.option("--grid", is_flag=True, help="Table 2 sweep of FocAnnot over patch size x overlap x clusters.")
+@click.option("--full-supervision/--no-full-supervision", default=True, show_default=True,
+              help="Also train on every training pixel, the ceiling the curves are compared with.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def bench(preset, resume, grid, full_supervision, quiet, out_dir, **options):
+    """Reproduce the paper's experiment: learning curves of query strategies against annotation cost."""
+    from focal_al.bench.config import preset_config
+    from focal_al.bench.runner import run_bench, run_grid
+
+    try:
+        config = preset_config(preset, out_dir=out_dir or f"bench-out/{preset}", **options).validate()
+        if grid:
+            for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet):
+                click.echo(path)
+        else:
+            click.echo(run_bench(config, resume=resume, quiet=quiet, with_full_supervision=full_supervision))
+    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
+        raise click.ClickException(str(err)) from err

@@ -137,7 +137,7 @@ def test_curve_skips_null_cluster_criteria():
 @pytest.fixture
 def two_strategies():
     return (
-        make_run("image-iu", 0, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7], label="1 IU")
+        make_run("1-image-iu", 0, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7], label="1 IU")
         + make_run("focannot", 0, [0.1, 0.2, 0.3], [0.5, 0.8, 0.9], label="7 FocAnnot", cu=[0.3, 0.5, 0.4])
         + make_run("focannot", 1, [0.1, 0.2, 0.3], [0.5, 0.8, 0.9], label="7 FocAnnot", cu=[0.2, 0.4, 0.3])
     )

@@ -29,7 +29,7 @@ import numpy as np
 from focal_al.bench.records import atomic_write_json, atomic_write_text, load_queries, load_records, write_records
 
 #: The strategy that "cost saved against image-level IU" is measured against.
-IMAGE_IU = "image-iu"
+IMAGE_IU = "1-image-iu"
 
 METRIC_NAMES = {
     "dice": "Dice",
@@ -296,7 +296,7 @@ def summarize(
         Metrics of the network trained on all training pixels; ``"dice"`` is used.
     budgets : sequence of float, default=(0.05, 0.10, 0.15, 0.20, 0.30)
         Costs (fractions of all training pixels) at which the Dice is reported.
-    reference : str, default="image-iu"
+    reference : str, default="1-image-iu"
         The strategy that cost saved is measured against.
 
     Returns

@@ -1,0 +1,202 @@
+"""Bench configuration: presets, the Table 1 strategy table, and validation."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+#: Where the repository's sibling ``shared/data`` lives when focal-al runs from a checkout.
+DEFAULT_GLAS_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "glas"
+
+SPLITS = ("mixed", "testA", "testB")
+DATASETS = ("synthetic", "glas", "folder")
+
+
+@dataclass(frozen=True)
+class BenchStrategy:
+    """One line of the experiment: a registered strategy, its parameters and its network.
+
+    Parameters
+    ----------
+    key : str
+        The name used on the command line and in records (``7-focannot``).
+    label : str
+        The display name in figures and reports.
+    strategy : str
+        The registered strategy it runs (``focal_al.registry.get_strategy``).
+    network : {"ed-convnet", "fcn"}
+        The segmentation network the strategy trains and is evaluated with.
+    params : dict
+        Extra keyword arguments for the strategy's selector.
+    """
+
+    key: str
+    label: str
+    strategy: str
+    network: str = "ed-convnet"
+    params: dict = field(default_factory=dict)
+
+
+#: Table 1 of the paper, plus the two random baselines every claim is measured against.
+TABLE1 = {
+    s.key: s
+    for s in (
+        BenchStrategy("random-image", "Random images", "random-image"),
+        BenchStrategy("random-patch", "Random patches", "random-patch"),
+        BenchStrategy("1-image-iu", "1 Image IU", "image-iu"),
+        BenchStrategy("2-sa-fcn", "2 SA (FCN)", "sa", network="fcn"),
+        BenchStrategy("3-sa", "3 SA (ED-ConvNet)", "sa"),
+        BenchStrategy("4-iu", "4 Patch IU", "iu"),
+        BenchStrategy("5-iu-id", "5 IU+ID", "iu-id"),
+        BenchStrategy("6-cluster-equal", "6 IU+ID, equal clusters", "cluster-equal"),
+        BenchStrategy("7-focannot", "7 FocAnnot", "focannot"),
+    )
+}
+
+#: Short aliases accepted on the command line: the Table 1 numbers and the registry names.
+ALIASES = {**{k.split("-", 1)[0]: k for k in TABLE1 if k[0].isdigit()}, **{s.strategy: k for k, s in TABLE1.items()}}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything one ``focal-al bench`` invocation needs; every field is a CLI option.
+
+    Costs (``budget``, ``step``) are fractions of all training pixels. ``train_steps`` gradient
+    steps of ``batch_size`` patches are taken per round, from the weights of the previous round
+    (warm start; the optimizer starts afresh each round so that a resumed run is identical).
+    """
+
+    preset: str = "quick"
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    split: str = "mixed"
+    images_dir: str | None = None
+    masks_dir: str | None = None
+    test_fraction: float = 0.2
+    n_images: int = 24
+    image_size: int = 160
+    scale: float = 1.0
+    patch_size: int = 32
+    overlap: float = 0.5
+    clusters: int = 3
+    lam: float = 0.5
+    candidate_ratio: float = 2.0
+    budget: float = 0.3
+    step: float = 0.025
+    width: int = 8
+    depth: int = 3
+    train_steps: int = 60
+    initial_train_steps: int = 120
+    batch_size: int = 16
+    lr: float = 1e-3
+    sa_ensemble: int = 4
+    strategies: tuple = ("random-patch", "1-image-iu", "4-iu", "7-focannot")
+    seeds: tuple = (0,)
+    device: str = "auto"
+    out_dir: str = "bench-out"
+
+    def replace(self, **changes: Any) -> "BenchConfig":
+        """A copy with ``changes`` applied (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["strategies"] = list(self.strategies)
+        out["seeds"] = list(self.seeds)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BenchConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown bench config keys {unknown}; expected some of {sorted(known)}.")
+        data = dict(data)
+        for key in ("strategies", "seeds"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    def validate(self) -> "BenchConfig":
+        """Check every field; raise one ``ValueError`` listing all problems."""
+        problems = []
+
+        def check(ok, name, expected):
+            if not ok:
+                problems.append(f"'{name}' must be {expected}; got {getattr(self, name)!r}")
+
+        check(self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}")
+        check(self.dataset in DATASETS, "dataset", f"one of {DATASETS}")
+        check(self.split in SPLITS, "split", f"one of {SPLITS}")
+        check(0 < self.test_fraction < 1, "test_fraction", "in (0, 1)")
+        check(self.n_images >= 2, "n_images", "at least 2")
+        check(self.image_size >= 16, "image_size", "at least 16")
+        check(0 < self.scale <= 4, "scale", "in (0, 4]")
+        check(self.patch_size >= 2 ** self.depth, "patch_size", f"at least 2**depth = {2 ** self.depth}")
+        check(self.patch_size % 2 ** self.depth == 0, "patch_size", f"a multiple of 2**depth = {2 ** self.depth}")
+        check(0 <= self.overlap < 1, "overlap", "in [0, 1)")
+        check(self.clusters >= 1, "clusters", "at least 1")
+        check(0 <= self.lam <= 1, "lam", "in [0, 1]")
+        check(self.candidate_ratio >= 1, "candidate_ratio", ">= 1 (Q >= T)")
+        check(0 < self.step <= self.budget <= 1, "budget", f"in [step = {self.step}, 1]")
+        check(0 < self.step < 1, "step", "in (0, 1)")
+        check(self.width >= 1 and self.depth >= 1, "width", "positive (and depth positive)")
+        check(self.train_steps >= 1, "train_steps", "at least 1")
+        check(self.initial_train_steps >= 1, "initial_train_steps", "at least 1")
+        check(self.batch_size >= 1, "batch_size", "at least 1")
+        check(self.lr > 0, "lr", "positive")
+        check(self.sa_ensemble >= 2, "sa_ensemble", "at least 2")
+        check(len(self.seeds) >= 1, "seeds", "at least one seed")
+        check(len(self.strategies) >= 1, "strategies", "at least one strategy")
+        if self.dataset == "folder":
+            check(self.images_dir is not None, "images_dir", "given with --dataset folder")
+            check(self.masks_dir is not None, "masks_dir", "given with --dataset folder")
+        if problems:
+            raise ValueError("Invalid bench configuration:\n  - " + "\n  - ".join(problems))
+        return self
+
+
+PRESETS: dict[str, dict] = {
+    # The built-in synthetic data and a small network: about 5 minutes on 2 CPU cores.
+    "quick": {},
+    # GlaS at half resolution, sized so that one strategy with one seed takes about 15 minutes on 2 cores.
+    "glas-cpu": dict(
+        dataset="glas", split="mixed", scale=0.5, patch_size=64, overlap=0.5, clusters=3, lam=0.5,
+        budget=0.3, step=0.025, width=16, depth=4, train_steps=150, initial_train_steps=600, batch_size=16,
+        strategies=("random-image", "random-patch", "1-image-iu", "4-iu", "5-iu-id", "6-cluster-equal",
+                    "7-focannot"),
+        seeds=(0, 1),
+    ),
+    # The paper's scale: full resolution, width 64, l = 128, budget 50 % (needs a GPU).
+    "paper": dict(
+        dataset="glas", split="mixed", scale=1.0, patch_size=128, overlap=0.5, clusters=3, lam=0.5,
+        budget=0.5, step=0.025, width=64, depth=4, train_steps=500, initial_train_steps=2000, batch_size=16,
+        strategies=tuple(TABLE1), seeds=(0, 1),
+    ),
+}
+
+#: Table 2 of the paper: side length, overlap and number of clusters, scaled by the preset's resolution.
+GRID = {"patch_size": (64, 128, 256), "overlap": (0.0, 0.5), "clusters": (3, 5)}
+
+
+def preset_config(name: str, **overrides: Any) -> BenchConfig:
+    """The configuration of preset ``name`` with ``overrides`` applied (``None`` values ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; expected one of {sorted(PRESETS)}.")
+    return BenchConfig(preset=name, **PRESETS[name]).replace(**overrides)
+
+
+def resolve_strategy(name: str) -> BenchStrategy:
+    """The bench strategy for a Table 1 key, number or registry name; else the registry strategy itself.
+
+    Any strategy registered by a plugin can be benchmarked by its registry name.
+    """
+    if name in TABLE1:
+        return TABLE1[name]
+    if name in ALIASES:
+        return TABLE1[ALIASES[name]]
+    from focal_al.registry import get_strategy
+
+    get_strategy(name)  # raises with close matches when unknown
+    return BenchStrategy(name, name, name)

@@ -1,0 +1,457 @@
+"""The experiment protocol of ``focal-al bench`` (SPEC "Protocol and cost"), resumable round by round.
+
+One *run* is one strategy under one seed. Round 0 trains on the initial labelled set (random whole
+training images covering about one step of the training pixels, the same for every strategy under a
+seed); each later round scores the pool once, queries, reveals the ground truth of what was queried
+(cost = union of revealed pixels), trains from the previous round's weights, and evaluates on the
+whole test images. After every round the run's state (labelled set, revealed pixels, records,
+weights) is committed atomically, so a run killed at any moment continues with ``resume=True`` from
+its last completed round and ends exactly as an uninterrupted run: every round reseeds the network
+and the strategy from ``(seed, round)`` and starts a fresh optimizer on the carried weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from focal_al.bench.config import DEFAULT_GLAS_DIR, GRID, BenchConfig, BenchStrategy, resolve_strategy
+from focal_al.bench.records import atomic_write_json
+
+STATE_VERSION = 1
+#: Config fields that define a run's protocol: resuming with any of them changed is refused.
+PROTOCOL_FIELDS = (
+    "dataset", "data_dir", "split", "images_dir", "masks_dir", "test_fraction", "n_images", "image_size",
+    "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "budget", "step", "width",
+    "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble",
+)
+#: Test hook: ``FOCAL_AL_BENCH_KILL_AT=<point>:<round>`` SIGKILLs the process at a named point.
+KILL_ENV = "FOCAL_AL_BENCH_KILL_AT"
+KILL_POINTS = ("trained", "evaluated", "weights-saved", "state-saved")
+
+
+def _kill_point(point: str, round_: int) -> None:
+    if os.environ.get(KILL_ENV) == f"{point}:{round_}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class BenchData:
+    """The training and test images of a bench, and the training patch pool."""
+
+    train: object  # focal_al.datasets.SegmentationDataset
+    test: object
+    store: object  # focal_al.store.PatchStore over ``train``
+
+
+def _split(dataset, test_fraction: float, seed: int = 0):
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    n_test = max(1, int(round(test_fraction * len(dataset))))
+    if n_test >= len(dataset):
+        raise ValueError(f"test_fraction={test_fraction} leaves no training image out of {len(dataset)}.")
+    return dataset.subset(np.sort(order[n_test:])), dataset.subset(np.sort(order[:n_test]))
+
+
+def load_data(config: BenchConfig):
+    """The (train, test) datasets the config names, rescaled by ``config.scale``."""
+    from focal_al import datasets
+
+    if config.dataset == "synthetic":
+        full = datasets.make_synthetic(config.n_images, size=(config.image_size, config.image_size), seed=0)
+        train, test = _split(full, config.test_fraction)
+    elif config.dataset == "glas":
+        root = Path(config.data_dir) if config.data_dir else DEFAULT_GLAS_DIR
+        if config.split == "mixed":
+            train, test = datasets.load_glas(root, "mixed-train"), datasets.load_glas(root, "mixed-test")
+        else:
+            train, test = datasets.load_glas(root, "train"), datasets.load_glas(root, config.split)
+    else:
+        train, test = _split(datasets.load_folder(config.images_dir, config.masks_dir), config.test_fraction)
+    if config.scale != 1.0:
+        train, test = train.rescale(config.scale), test.rescale(config.scale)
+    return train, test
+
+
+def _store_key(config: BenchConfig, train) -> str:
+    parts = [config.patch_size, config.overlap, *train.names, *(im.shape for im in train.images)]
+    parts += [int(np.asarray(im, dtype=np.uint64).sum()) for im in train.images[:3]]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def prepare_data(config: BenchConfig, out_dir: Path) -> BenchData:
+    """Load the datasets and build (or reuse) the training patch store under ``out_dir/cache``."""
+    from focal_al.store import PatchStore
+
+    train, test = load_data(config)
+    path = out_dir / "cache" / f"train-l{config.patch_size}-o{config.overlap:g}-{_store_key(config, train)}.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        store = PatchStore(path)
+    else:
+        store = PatchStore.from_dataset(path, train, patch_size=config.patch_size, overlap=config.overlap,
+                                        allow_padding=True)
+    return BenchData(train=train, test=test, store=store)
+
+
+# ----------------------------------------------------------------------------------- protocol
+
+
+def initial_images(image_shapes, step: float, seed: int) -> np.ndarray:
+    """Random whole training images covering about ``step`` of the training pixels (at least one).
+
+    The images are taken in a seeded random order until the covered fraction is as close to
+    ``step`` as it gets; it depends on the seed and the image sizes only, so every strategy of a
+    seed starts from the same labelled set.
+    """
+    sizes = np.array([h * w for h, w in image_shapes], dtype=np.float64)
+    order = np.random.default_rng([seed, 7919]).permutation(len(sizes))
+    covered = np.cumsum(sizes[order]) / sizes.sum()
+    n = int(np.argmin(np.abs(covered - step))) + 1
+    return np.sort(order[:n])
+
+
+def make_net(config: BenchConfig, network: str, seed: int):
+    """A fresh segmentation network for a run (ED-ConvNet or the FCN of Suggestive Annotation)."""
+    from focal_al.estimator import SegmentationNet
+    from focal_al.nets import FCN, EDConvNet
+
+    module = {"ed-convnet": EDConvNet, "fcn": FCN}[network]
+    return SegmentationNet(
+        module,
+        module__width=config.width,
+        module__depth=config.depth,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        max_epochs=1,
+        steps_per_epoch=config.train_steps,
+        warm_start=True,
+        random_state=seed,
+        device=config.device,
+    )
+
+
+def _round_seed(seed: int, round_: int, salt: int = 0) -> int:
+    return int(np.random.default_rng([seed, round_, salt]).integers(2**31 - 1))
+
+
+def train_round(net, store, labelled_patches: np.ndarray, steps: int, seed: int) -> float:
+    """Train ``steps`` batches on the labelled patches from the current weights; returns seconds.
+
+    The optimizer starts afresh each round (only the weights carry over), so a run resumed from
+    saved weights trains exactly as an uninterrupted one.
+    """
+    start = time.perf_counter()
+    idx = np.sort(labelled_patches)
+    net.set_params(steps_per_epoch=int(steps), random_state=seed)
+    if not net.initialized_:
+        net.initialize()
+    net.initialize_optimizer()
+    net.partial_fit(store.patches[idx], store.labels[idx])
+    return time.perf_counter() - start
+
+
+def evaluate(net, test) -> dict:
+    """Pixel and object metrics of the net on the whole test images (no partitioning)."""
+    from focal_al.metrics import evaluate_segmentation
+
+    preds = [p.argmax(axis=0).astype(np.uint8) for p in net.predict_images(test.images)]
+    metrics = evaluate_segmentation(preds, test.masks)
+    return {k: float(metrics[k]) for k in ("dice", "voe", "object_f1", "object_dice")}
+
+
+def _sa_scores(config, net, store, labelled_patches, train_images, seed, round_):
+    """Suggestive Annotation's image scores: an ensemble of bootstrap copies of the current net.
+
+    Each of ``config.sa_ensemble`` copies continues from the current weights on a bootstrap
+    resample of the labelled patches for ``train_steps`` batches; the disagreement of an image is
+    the per-pixel variance of the copies' foreground probabilities, averaged over its pixels, and
+    its descriptor the mean of the copies' descriptors.
+    """
+    import copy
+
+    from focal_al.scores import PoolScores
+
+    rng = np.random.default_rng([seed, round_, 4242])
+    fg, descriptors, base = [], [], None
+    for member in range(config.sa_ensemble):
+        twin = copy.deepcopy(net)
+        boot = rng.choice(labelled_patches, size=len(labelled_patches), replace=True)
+        train_round(twin, store, boot, config.train_steps, _round_seed(seed, round_, 100 + member))
+        scores = twin.score_images(train_images)
+        base = scores if base is None else base
+        descriptors.append(scores.descriptors)
+        fg.append([p[1] for p in twin.predict_images(train_images)])
+    disagreement = np.array([np.mean(np.var(np.stack([m[i] for m in fg]), axis=0)) for i in range(len(train_images))])
+    return PoolScores(entropy=base.entropy, margin=base.margin, least_confidence=base.least_confidence,
+                      descriptors=np.mean(descriptors, axis=0), extras={"disagreement": disagreement})
+
+
+def _cluster_criteria(config, descriptors, seed, round_) -> tuple[float, float]:
+    """Mean CU (Eq. 6) and CD (Eq. 7) over the k clusters of the candidates' descriptors (Fig. 5)."""
+    from focal_al.registry import get_criterion
+    from focal_al.selection import kmeans
+
+    k = min(config.clusters, len(descriptors))
+    labels, centroids = kmeans(descriptors, k, rng=np.random.default_rng([seed, round_, 17]))
+    cu = get_criterion("cu")(descriptors, labels, centroids)
+    cd = get_criterion("cd")(descriptors, labels, centroids) if k > 1 else np.zeros(1)
+    return float(np.mean(cu)), float(np.mean(cd))
+
+
+# ----------------------------------------------------------------------------------- one run
+
+
+class RunState:
+    """A run's resumable state, committed as one JSON file after each round."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.path = run_dir / "state.json"
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"Cannot read the run state {self.path}: {err}. Delete the run folder to restart it.")
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{self.path} has state version {state.get('version')!r}; expected {STATE_VERSION}.")
+        return state
+
+    def commit(self, state: dict, net, round_: int) -> None:
+        """Save the weights under a new name, then atomically replace the state that points to them."""
+        weights = f"weights-round{round_}.pt"
+        net.save_weights(self.run_dir / weights)
+        _kill_point("weights-saved", round_)
+        previous = state.get("weights")
+        state["weights"] = weights
+        atomic_write_json(self.path, state)
+        _kill_point("state-saved", round_)
+        atomic_write_json(self.run_dir / "rounds.json", state["records"])
+        atomic_write_json(self.run_dir / "queries.json", state["queries"])
+        if previous and previous != weights:
+            (self.run_dir / previous).unlink(missing_ok=True)
+
+
+def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, out_dir: Path, *,
+                 resume: bool = False, report: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """Run (or continue) one strategy under one seed to the budget; returns its round records."""
+    from focal_al.cost import RevealedPixels
+    from focal_al.registry import get_strategy, strategy_info
+
+    level = strategy_info(spec.strategy).kind
+    select = get_strategy(spec.strategy)
+    store, train, test = data.store, data.train, data.test
+    run_dir = out_dir / "runs" / f"{spec.key}-seed{seed}"
+    run_state = RunState(run_dir)
+    state = run_state.load()
+    protocol = {k: getattr(config, k) for k in PROTOCOL_FIELDS}
+    if state is not None and not resume:
+        raise FileExistsError(
+            f"{run_dir} already holds results of {spec.key} seed {seed}. Pass --resume to continue it, "
+            f"or choose another --out-dir; nothing was overwritten."
+        )
+    if state is not None and state["protocol"] != protocol:
+        changed = sorted(k for k in protocol if state["protocol"].get(k) != protocol[k])
+        raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.")
+    if state is not None and state["complete"]:
+        return state["records"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    image_index = np.asarray(store.image_index)
+    n_patches, n_images = len(store), store.n_images
+    net = make_net(config, spec.network, seed)
+    if state is None:
+        init = initial_images(store.image_shapes, config.step, seed)
+        revealed = RevealedPixels(store.image_shapes).reveal_images(init)
+        labelled_images = init
+        labelled = np.flatnonzero(np.isin(image_index, init))
+        records, queries = [], [{"round": 0, "level": "image",
+                                 "items": [{"image": train.names[i], "y": 0, "x": 0, "size": None} for i in init]}]
+        round_ = 0
+        train_seconds = train_round(net, store, labelled, config.initial_train_steps, _round_seed(seed, 0))
+        _kill_point("trained", 0)
+        query_seconds = 0.0
+    else:
+        revealed = RevealedPixels.from_dict(state["revealed"])
+        labelled = np.asarray(state["labelled_patches"], dtype=np.intp)
+        labelled_images = np.asarray(state["labelled_images"], dtype=np.intp)
+        records, queries = state["records"], state["queries"]
+        round_ = state["round"]
+        net.initialize()
+        net.load_weights(run_dir / state["weights"])
+    per_round = max(1, int(round(config.step * (n_patches if level == "patch" else n_images))))
+
+    while True:
+        if state is None or round_ > state["round"]:
+            start = time.perf_counter()
+            metrics = evaluate(net, test)
+            _kill_point("evaluated", round_)
+            records.append({
+                "strategy": spec.key, "label": spec.label, "seed": seed, "round": round_,
+                "cost": revealed.cost, "n_revealed_pixels": int(revealed.n_revealed),
+                "n_labelled": int(len(labelled) if level == "patch" else len(labelled_images)), **metrics,
+                "cu": cu_cd[0] if round_ and level == "patch" else None,
+                "cd": cu_cd[1] if round_ and level == "patch" else None,
+                "train_seconds": train_seconds, "query_seconds": query_seconds,
+                "eval_seconds": time.perf_counter() - start,
+            })
+            state = {
+                "version": STATE_VERSION, "strategy": spec.key, "seed": seed, "round": round_,
+                "protocol": protocol, "labelled_patches": labelled.tolist(),
+                "labelled_images": labelled_images.tolist(), "revealed": revealed.to_dict(),
+                "records": records, "queries": queries, "weights": state.get("weights") if state else None,
+                "complete": False,
+            }
+            done = revealed.cost >= config.budget - 1e-12
+            n_left = (n_patches - len(labelled)) if level == "patch" else (n_images - len(labelled_images))
+            state["complete"] = bool(done or n_left == 0)
+            run_state.commit(state, net, round_)
+            report(_progress_line(spec, seed, records, config.budget))
+            if state["complete"]:
+                return records
+
+        round_ += 1
+        rseed = _round_seed(seed, round_)
+        rng = np.random.default_rng([seed, round_, 1])
+        start = time.perf_counter()
+        if level == "patch":
+            candidates = np.setdiff1d(np.arange(n_patches), labelled)
+            scores = net.score_pool(store.patches[candidates])
+            chosen = candidates[select(scores, min(per_round, len(candidates)), np.arange(len(candidates)), rng,
+                                       **_strategy_params(config, spec))]
+            cu_cd = _cluster_criteria(config, scores.descriptors, seed, round_)
+            revealed.reveal_patches(image_index[chosen], store.coords[chosen], store.patch_size)
+            labelled = np.union1d(labelled, chosen)
+            items = [{"image": train.names[image_index[i]], "y": int(store.coords[i][0]),
+                      "x": int(store.coords[i][1]), "size": int(store.patch_size)} for i in chosen]
+        else:
+            candidates = np.setdiff1d(np.arange(n_images), labelled_images)
+            if spec.strategy == "sa":
+                scores = _sa_scores(config, net, store, labelled, train.images, seed, round_)
+            else:
+                scores = net.score_images(train.images)
+            chosen = select(scores, min(per_round, len(candidates)), candidates, rng, **_strategy_params(config, spec))
+            cu_cd = (None, None)
+            revealed.reveal_images(chosen)
+            labelled_images = np.union1d(labelled_images, chosen)
+            labelled = np.flatnonzero(np.isin(image_index, labelled_images))
+            items = [{"image": train.names[i], "y": 0, "x": 0, "size": None} for i in chosen]
+        query_seconds = time.perf_counter() - start
+        queries.append({"round": round_, "level": level, "items": items})
+        train_seconds = train_round(net, store, labelled, config.train_steps, rseed)
+        _kill_point("trained", round_)
+
+
+def _strategy_params(config: BenchConfig, spec: BenchStrategy) -> dict:
+    """The bench's protocol parameters that the strategy's selector accepts, then its own."""
+    import inspect
+
+    from focal_al.registry import get_strategy
+
+    accepted = inspect.signature(get_strategy(spec.strategy)).parameters
+    params = {"k": config.clusters, "lam": config.lam, "candidate_ratio": config.candidate_ratio}
+    return {**{k: v for k, v in params.items() if k in accepted}, **spec.params}
+
+
+def _progress_line(spec: BenchStrategy, seed: int, records: list[dict], budget: float) -> str:
+    last = records[-1]
+    seconds = [r["train_seconds"] + r["query_seconds"] + r["eval_seconds"] for r in records[1:]]
+    gains = np.diff([r["cost"] for r in records])
+    eta = ""
+    if len(gains) and gains.mean() > 0:
+        rounds_left = max(0.0, (budget - last["cost"]) / gains.mean())
+        eta = f", ~{rounds_left * np.mean(seconds) / 60:.1f} min left"
+    return (f"[{spec.key} seed {seed}] round {last['round']}: cost {100 * last['cost']:.1f}% "
+            f"Dice {last['dice']:.3f} (train {last['train_seconds']:.0f}s, query {last['query_seconds']:.0f}s, "
+            f"eval {last['eval_seconds']:.0f}s{eta})")
+
+
+# ----------------------------------------------------------------------------------- whole bench
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("focal-al", "torch", "numpy", "scikit-learn", "skorch", "modAL-python", "POT", "h5py"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    from focal_al.registry import list_strategies, strategy_info
+
+    plugins = {strategy_info(n).source: strategy_info(n).version for n in list_strategies()}
+    out["plugins"] = plugins
+    return out
+
+
+def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, seed: int = 0,
+                     report: Callable[[str], None] = lambda line: None) -> dict:
+    """Train on every training patch for as many steps as a whole run takes; the curves' ceiling."""
+    path = out_dir / "full_supervision.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    n_rounds = int(np.ceil((config.budget - config.step) / config.step)) + 1
+    steps = config.initial_train_steps + n_rounds * config.train_steps
+    net = make_net(config, "ed-convnet", seed)
+    seconds = train_round(net, data.store, np.arange(len(data.store)), steps, _round_seed(seed, 0, 99))
+    result = {**evaluate(net, data.test), "train_steps": steps, "train_seconds": seconds, "seed": seed}
+    atomic_write_json(path, result)
+    report(f"[full supervision] {steps} steps: Dice {result['dice']:.3f}")
+    return result
+
+
+def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
+              with_full_supervision: bool = True) -> Path:
+    """Run every strategy under every seed of ``config`` into ``config.out_dir``; write the report.
+
+    Returns the path of the Markdown report.
+    """
+    from focal_al.bench.report import write_report
+
+    config.validate()
+    specs = [resolve_strategy(name) for name in config.strategies]
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    data = prepare_data(config, out_dir)
+    report(f"{len(data.train)} training images ({len(data.store)} patches of {config.patch_size}px), "
+           f"{len(data.test)} test images; {len(specs)} strategies x {len(config.seeds)} seeds")
+    atomic_write_json(out_dir / "config.json", {**config.to_dict(), "versions": _versions()})
+    if with_full_supervision:
+        full_supervision(config, data, out_dir, report=report)
+    for spec in specs:
+        for seed in config.seeds:
+            run_strategy(config, spec, seed, data, out_dir, resume=resume, report=report)
+    path = write_report(out_dir, query_images=dict(zip(data.train.names, data.train.images)))
+    report(f"Report: {path}")
+    return path
+
+
+def run_grid(config: BenchConfig, *, resume: bool = False, quiet: bool = False) -> list[Path]:
+    """Table 2: FocAnnot over patch size x overlap x clusters, one output folder per combination.
+
+    Patch sizes are the paper's (64, 128, 256) scaled by ``config.scale``.
+    """
+    reports = []
+    for size in GRID["patch_size"]:
+        for overlap in GRID["overlap"]:
+            for k in GRID["clusters"]:
+                l = int(round(size * config.scale))
+                sub = config.replace(patch_size=l, overlap=overlap, clusters=k,
+                                     out_dir=str(Path(config.out_dir) / f"grid-l{l}-rho{overlap:g}-k{k}"))
+                reports.append(run_bench(sub, resume=resume, quiet=quiet, with_full_supervision=False))
+    return reports
