@@ -27,10 +27,11 @@ from focal_al.bench.config import DEFAULT_GLAS_DIR, GRID, BenchConfig, BenchStra
 from focal_al.bench.records import atomic_write_json
 
 STATE_VERSION = 1
-#: Config fields that define a run's protocol: resuming with any of them changed is refused.
+#: Config fields that define a run's protocol: resuming with any of them changed is refused. The
+#: budget is not one of them: ``--resume`` with a larger budget continues a finished run further.
 PROTOCOL_FIELDS = (
     "dataset", "data_dir", "split", "images_dir", "masks_dir", "test_fraction", "n_images", "image_size",
-    "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "budget", "step", "width",
+    "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble",
 )
 #: Test hook: ``FOCAL_AL_BENCH_KILL_AT=<point>:<round>`` SIGKILLs the process at a named point.
@@ -266,7 +267,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     if state is not None and state["protocol"] != protocol:
         changed = sorted(k for k in protocol if state["protocol"].get(k) != protocol[k])
         raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.")
-    if state is not None and state["complete"]:
+    if state is not None and (state["exhausted"] or state["records"][-1]["cost"] >= config.budget - 1e-12):
         return state["records"]
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -313,10 +314,11 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
                 "protocol": protocol, "labelled_patches": labelled.tolist(),
                 "labelled_images": labelled_images.tolist(), "revealed": revealed.to_dict(),
                 "records": records, "queries": queries, "weights": state.get("weights") if state else None,
-                "complete": False,
+                "complete": False, "exhausted": False,
             }
             done = revealed.cost >= config.budget - 1e-12
             n_left = (n_patches - len(labelled)) if level == "patch" else (n_images - len(labelled_images))
+            state["exhausted"] = bool(n_left == 0)
             state["complete"] = bool(done or n_left == 0)
             run_state.commit(state, net, round_)
             report(_progress_line(spec, seed, records, config.budget))
