@@ -226,11 +226,14 @@ def nearest_centroid(x, centroids, *, chunk: int = 65536) -> np.ndarray:
     -------
     ndarray of int of shape (n,)
     """
-    c = np.asarray(centroids, dtype=np.float64)
+    # Work in the descriptors' precision (float32 from the network): a float64 copy of a pool of
+    # millions of rows would cost more than the product itself, and argmin needs no more.
+    dtype = np.result_type(np.asarray(x[:1]).dtype, np.float32)
+    c = np.asarray(centroids, dtype=dtype)
     c_sq = np.einsum("ij,ij->i", c, c)
     out = np.empty(len(x), dtype=np.intp)
     for start in range(0, len(x), chunk):
-        block = np.asarray(x[start:start + chunk], dtype=np.float64)
+        block = np.asarray(x[start:start + chunk], dtype=dtype)
         # ||x||^2 is the same for every centroid, so it does not change the argmin.
         out[start:start + chunk] = np.argmin(c_sq[None, :] - 2.0 * (block @ c.T), axis=1)
     return out

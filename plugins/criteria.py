@@ -82,14 +82,17 @@ def _centroid_sq_distances(centroids):
 @register_criterion("cu", kind="cluster")
 def cluster_uncertainty(descriptors, labels, centroids):
     """Cluster uncertainty (Eq. 6): mean squared distance of a cluster's descriptors to its centroid."""
-    c = np.asarray(centroids, dtype=np.float64)
     labels = np.asarray(labels)
+    # Differences in the descriptors' own precision (float32 from the network), sums in float64:
+    # a float64 copy of millions of descriptors costs more than it buys.
+    dtype = np.result_type(np.asarray(descriptors[:1]).dtype, np.float32)
+    c = np.asarray(centroids, dtype=dtype)
     k = len(c)
     totals = np.zeros(k)
-    # Blocks of rows keep the float64 temporaries small for pools of millions of descriptors.
     for start in range(0, len(labels), 65536):
-        block = np.asarray(descriptors[start:start + 65536], dtype=np.float64) - c[labels[start:start + 65536]]
-        totals += np.bincount(labels[start:start + 65536], weights=np.einsum("ij,ij->i", block, block), minlength=k)
+        block_labels = labels[start:start + 65536]
+        block = np.asarray(descriptors[start:start + 65536], dtype=dtype) - c[block_labels]
+        totals += np.bincount(block_labels, weights=np.einsum("ij,ij->i", block, block), minlength=k)
     counts = np.bincount(labels, minlength=k)
     # An empty cluster has no spread.
     return np.divide(totals, counts, out=np.zeros(k), where=counts > 0)
