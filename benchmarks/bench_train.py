@@ -89,7 +89,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     bs, side, depth = args.batch_size, args.side, args.depth
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or (2 if args.quick else 5)
     n_cmp = 3 if args.quick else 5
     result = {
         "machine": {
