@@ -157,6 +157,13 @@ def train_round(net, store, labelled_patches: np.ndarray, steps: int, seed: int)
     net.set_params(steps_per_epoch=int(steps), random_state=seed)
     if not net.initialized_:
         net.initialize()
+    else:
+        # set_params does not reseed the streams that draw batches and augmentations: without this
+        # they would carry over from round 0 and a resumed run would train differently.
+        import torch
+
+        net.rng_ = np.random.default_rng(seed)
+        net.torch_generator_ = torch.Generator().manual_seed(int(net.rng_.integers(2**62)))
     net.initialize_optimizer()
     net.partial_fit(store.patches[idx], store.labels[idx])
     return time.perf_counter() - start
@@ -236,14 +243,38 @@ class RunState:
         weights = f"weights-round{round_}.pt"
         net.save_weights(self.run_dir / weights)
         _kill_point("weights-saved", round_)
-        previous = state.get("weights")
         state["weights"] = weights
         atomic_write_json(self.path, state)
         _kill_point("state-saved", round_)
+        self.sync(state)
+
+    def sync(self, state: dict) -> None:
+        """Write ``rounds.json`` / ``queries.json`` from the committed state; delete stale weights.
+
+        A kill between the state commit and these writes leaves them one round behind and an older
+        weights file behind; resuming calls this again, also for a run that was already complete.
+        """
         atomic_write_json(self.run_dir / "rounds.json", state["records"])
         atomic_write_json(self.run_dir / "queries.json", state["queries"])
-        if previous and previous != weights:
-            (self.run_dir / previous).unlink(missing_ok=True)
+        for stale in self.run_dir.glob("weights-round*.pt"):
+            if stale.name != state["weights"]:
+                stale.unlink(missing_ok=True)
+
+
+def _existing_state(config: BenchConfig, spec: BenchStrategy, seed: int, out_dir: Path, resume: bool) -> dict | None:
+    """The committed state of a run, if any; refuses one that may not be continued under ``config``."""
+    run_dir = out_dir / "runs" / f"{spec.key}-seed{seed}"
+    state = RunState(run_dir).load()
+    protocol = {k: getattr(config, k) for k in PROTOCOL_FIELDS}
+    if state is not None and not resume:
+        raise FileExistsError(
+            f"{run_dir} already holds results of {spec.key} seed {seed}. Pass --resume to continue it, "
+            f"or choose another --out-dir; nothing was overwritten."
+        )
+    if state is not None and state["protocol"] != protocol:
+        changed = sorted(k for k in protocol if state["protocol"].get(k) != protocol[k])
+        raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.")
+    return state
 
 
 def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, out_dir: Path, *,
@@ -257,17 +288,10 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     store, train, test = data.store, data.train, data.test
     run_dir = out_dir / "runs" / f"{spec.key}-seed{seed}"
     run_state = RunState(run_dir)
-    state = run_state.load()
+    state = _existing_state(config, spec, seed, out_dir, resume)
     protocol = {k: getattr(config, k) for k in PROTOCOL_FIELDS}
-    if state is not None and not resume:
-        raise FileExistsError(
-            f"{run_dir} already holds results of {spec.key} seed {seed}. Pass --resume to continue it, "
-            f"or choose another --out-dir; nothing was overwritten."
-        )
-    if state is not None and state["protocol"] != protocol:
-        changed = sorted(k for k in protocol if state["protocol"].get(k) != protocol[k])
-        raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.")
     if state is not None and (state["exhausted"] or state["records"][-1]["cost"] >= config.budget - 1e-12):
+        run_state.sync(state)
         return state["records"]
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -427,6 +451,9 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     config.validate()
     specs = [resolve_strategy(name) for name in config.strategies]
     out_dir = Path(config.out_dir)
+    for spec in specs:  # refuse before writing anything (config.json, cache, full supervision)
+        for seed in config.seeds:
+            _existing_state(config, spec, seed, out_dir, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     data = prepare_data(config, out_dir)
