@@ -56,6 +56,8 @@ def _csv(kind):
               help="GlaS train/test pair: Mixed (seeded 80/20 of all 165), or train vs testA / testB.")
 @click.option("--images-dir", type=click.Path(exists=True, file_okay=False), help="Your images (--dataset folder).")
 @click.option("--masks-dir", type=click.Path(exists=True, file_okay=False), help="Your masks (--dataset folder).")
+@click.option("--n-images", type=int, help="Number of synthetic images (--dataset synthetic).")
+@click.option("--image-size", type=int, help="Side of the synthetic images in pixels (--dataset synthetic).")
 @click.option("--scale", type=float, help="Resolution factor applied to the images (0.5 = half).")
 @click.option("--strategies", callback=_csv(str),
               help="Comma-separated: Table 1 numbers (1-7), random-image, random-patch, or any registered strategy.")
