@@ -1,0 +1,373 @@
+"""End-to-end tests of ``focal-al bench``: CLI, protocol and cost accounting, resume after a kill.
+
+Everything runs on a tiny synthetic config (9 training images of 48 px, 16 px patches, a width-2
+network, 2 gradient steps per round) so that one run takes about a second.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from focal_al.bench.config import BenchConfig, preset_config
+from focal_al.bench.runner import KILL_ENV, initial_images, load_data, run_bench
+from focal_al.cli import main
+
+TINY = dict(
+    n_images=11, image_size=48, patch_size=16, overlap=0.5, depth=2, width=2, train_steps=2,
+    initial_train_steps=2, batch_size=4, step=0.1, budget=0.3, clusters=2, sa_ensemble=2,
+)
+#: The same config as CLI options (``--depth`` / ``--sa-ensemble`` are not CLI options; defaults apply).
+TINY_CLI = [
+    "--n-images", "11", "--image-size", "48", "--patch-size", "16", "--overlap", "0.5", "--width", "2",
+    "--train-steps", "2", "--initial-train-steps", "2", "--batch-size", "4", "--step", "0.1",
+    "--budget", "0.3", "--clusters", "2", "--quiet",
+]
+TIMING_KEYS = ("train_seconds", "query_seconds", "eval_seconds")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread, here and in the subprocesses: fast on a shared 2-core machine, and the
+    killed subprocess and the in-process reference sum in the same order."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(out_dir, **overrides) -> BenchConfig:
+    return preset_config("quick", **{**TINY, "out_dir": str(out_dir), **overrides})
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def without_timings(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def snapshot(folder):
+    """Content and modification time of every file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(Path(folder).rglob("*")) if p.is_file()
+    }
+
+
+def revealed_cost(queries, shapes):
+    """Independent recomputation of the cost: union of the queried pixels per image, clipped."""
+    masks = {name: np.zeros(shape, dtype=bool) for name, shape in shapes.items()}
+    costs = []
+    for q in queries:
+        for item in q["items"]:
+            mask = masks[item["image"]]
+            if item["size"] is None:
+                mask[...] = True
+            else:
+                y, x, l = item["y"], item["x"], item["size"]
+                mask[max(y, 0):max(y + l, 0), max(x, 0):max(x + l, 0)] = True
+        n = sum(int(m.sum()) for m in masks.values())
+        costs.append((n, n / sum(m.size for m in masks.values())))
+    return costs
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def cli_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "bench"
+    args = ["bench", "--out-dir", str(out), *TINY_CLI, "--strategies", "random-patch,1,7", "--seeds", "0,1"]
+    result = CliRunner().invoke(main, args)
+    return out, args, result
+
+
+def test_cli_bench_writes_everything(cli_bench):
+    out, _, result = cli_bench
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert result.output.strip().endswith("report.md")
+    for name in ("report.md", "records.csv", "records.json", "figures/learning-curves-dice.png",
+                 "config.json", "full_supervision.json"):
+        assert (out / name).is_file(), name
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == sorted(f"{k}-seed{s}" for k in ("random-patch", "1-image-iu", "7-focannot") for s in (0, 1))
+    for run in runs:
+        records = read_json(out / "runs" / run / "rounds.json")
+        assert len(records) >= 2 and [r["round"] for r in records] == list(range(len(records)))
+    config = read_json(out / "config.json")
+    assert config["n_images"] == 11 and config["image_size"] == 48 and config["patch_size"] == 16
+    assert config["strategies"] == ["random-patch", "1", "7"] and config["seeds"] == [0, 1]
+    for dist in ("python", "focal-al", "torch", "numpy"):
+        assert config["versions"][dist] not in (None, "", "not installed")
+    combined = read_json(out / "records.json")
+    assert len(combined) == sum(len(read_json(out / "runs" / r / "rounds.json")) for r in runs)
+    report = (out / "report.md").read_text()
+    for label in ("Random patches", "1 Image IU", "7 FocAnnot"):
+        assert label in report
+
+
+def test_cli_help():
+    result = CliRunner().invoke(main, ["bench", "--help"])
+    assert result.exit_code == 0
+    for option in ("--preset", "--strategies", "--resume", "--n-images", "--image-size", "--budget"):
+        assert option in result.output
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--overlap", "1.5"], "overlap"),
+    (["--strategies", "focanot"], "focannot"),  # a close match is suggested
+    (["--dataset", "folder"], "images_dir"),
+    (["--budget", "0.01", "--step", "0.1"], "budget"),
+    (["--seeds", "a,b"], "comma-separated list of int"),
+])
+def test_cli_bad_input(tmp_path, args, expected):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(main, ["bench", "--out-dir", str(out), *TINY_CLI, *args])
+    assert result.exit_code != 0
+    assert expected in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not (out / "runs").exists()
+
+
+def test_cli_rerun_without_resume_is_refused_and_changes_nothing(cli_bench):
+    out, args, result = cli_bench
+    assert result.exit_code == 0
+    before = snapshot(out)
+    for extra in ([], ["--budget", "0.5"]):
+        again = CliRunner().invoke(main, args + extra)
+        assert again.exit_code != 0
+        assert "--resume" in again.output and "already holds results" in again.output, again.output
+        assert snapshot(out) == before
+
+
+# ----------------------------------------------------------------------------------- protocol and cost
+
+
+@pytest.fixture(scope="module")
+def protocol_bench(tmp_path_factory):
+    """Patch- and image-level strategies under two seeds, overlapping patches."""
+    out = tmp_path_factory.mktemp("protocol")
+    config = tiny(out, strategies=("random-patch", "7-focannot", "random-image", "1-image-iu"), seeds=(0, 1),
+                  budget=0.35)
+    run_bench(config, quiet=True, with_full_supervision=False)
+    train, _ = load_data(config)
+    shapes = {name: im.shape[:2] for name, im in zip(train.names, train.images)}
+    runs = {}
+    for key in config.strategies:
+        for seed in config.seeds:
+            run = out / "runs" / f"{key}-seed{seed}"
+            runs[key, seed] = (read_json(run / "rounds.json"), read_json(run / "queries.json"))
+    return config, shapes, runs
+
+
+def test_initial_set_same_for_every_strategy_differs_across_seeds(protocol_bench):
+    config, shapes, runs = protocol_bench
+    initial = {}
+    for (key, seed), (records, queries) in runs.items():
+        assert queries[0]["round"] == 0 and queries[0]["level"] == "image"
+        items = sorted(json.dumps(i, sort_keys=True) for i in queries[0]["items"])
+        assert items and all(json.loads(i)["size"] is None for i in items)
+        initial.setdefault(seed, set()).add(tuple(items))
+        assert records[0]["cost"] == pytest.approx(revealed_cost(queries[:1], shapes)[0][1])
+    assert all(len(sets) == 1 for sets in initial.values()), initial
+    # seeds 0 and 1 draw different images on this pool
+    assert not np.array_equal(initial_images(list(shapes.values()), config.step, 0),
+                              initial_images(list(shapes.values()), config.step, 1))
+    assert initial[0] != initial[1]
+
+
+def test_cost_is_the_union_of_revealed_pixels(protocol_bench):
+    config, shapes, runs = protocol_bench
+    overlapping_seen = False
+    total = sum(h * w for h, w in shapes.values())
+    for (key, seed), (records, queries) in runs.items():
+        assert [q["round"] for q in queries] == [r["round"] for r in records]
+        expected = revealed_cost(queries, shapes)
+        for record, (n, cost) in zip(records, expected):
+            assert record["n_revealed_pixels"] == n, (key, seed, record["round"])
+            assert record["cost"] == pytest.approx(cost, abs=1e-12), (key, seed, record["round"])
+        # never l^2 per patch: with rho = 0.5 the patches of one round overlap
+        for q, (prev, cur) in zip(queries[1:], zip(records, records[1:])):
+            patches = [i for i in q["items"] if i["size"] is not None]
+            if patches:
+                naive = len(patches) * config.patch_size ** 2
+                gained = cur["n_revealed_pixels"] - prev["n_revealed_pixels"]
+                assert gained <= naive
+                overlapping_seen |= gained < naive
+                assert cur["cost"] != pytest.approx(prev["cost"] + naive / total)
+        costs = [r["cost"] for r in records]
+        assert all(b > a for a, b in zip(costs, costs[1:])), costs
+        # the run stops at the first round whose cost reaches the budget
+        assert all(c < config.budget for c in costs[:-1]) and costs[-1] >= config.budget, costs
+    assert overlapping_seen
+
+
+def test_image_level_queries_whole_images(protocol_bench):
+    config, shapes, runs = protocol_bench
+    for key in ("random-image", "1-image-iu"):
+        for seed in config.seeds:
+            records, queries = runs[key, seed]
+            seen = []
+            for q, r in zip(queries, records):
+                assert q["level"] == "image"
+                assert all(i["size"] is None and i["y"] == 0 and i["x"] == 0 for i in q["items"])
+                seen += [i["image"] for i in q["items"]]
+                assert r["n_labelled"] == len(seen)
+            assert len(seen) == len(set(seen)), "an image was queried twice"
+            for q in queries[1:]:
+                assert len(q["items"]) == max(1, round(config.step * len(shapes)))
+
+
+def test_patch_level_never_queries_a_patch_twice(protocol_bench):
+    config, shapes, runs = protocol_bench
+    for key in ("random-patch", "7-focannot"):
+        for seed in config.seeds:
+            records, queries = runs[key, seed]
+            initial = {i["image"] for i in queries[0]["items"]}
+            patches = [(i["image"], i["y"], i["x"]) for q in queries[1:] for i in q["items"]]
+            assert patches and all(q["level"] == "patch" for q in queries[1:])
+            assert all(i["size"] == config.patch_size for q in queries[1:] for i in q["items"])
+            assert len(patches) == len(set(patches)), "a patch was queried twice"
+            assert not initial & {p[0] for p in patches}, "a patch of an already labelled image was queried"
+            assert records[-1]["n_labelled"] - records[0]["n_labelled"] == len(patches)
+
+
+def test_records_are_reproducible(protocol_bench, tmp_path):
+    """Two runs of the same config give the same records (except timings)."""
+    config, _, runs = protocol_bench
+    again = config.replace(strategies=("7-focannot",), seeds=(1,), out_dir=str(tmp_path))
+    run_bench(again, quiet=True, with_full_supervision=False)
+    records = read_json(tmp_path / "runs" / "7-focannot-seed1" / "rounds.json")
+    assert without_timings(records) == without_timings(runs["7-focannot", 1][0])
+
+
+# ----------------------------------------------------------------------------------- resume
+
+KILL_CONFIG = dict(strategies=("random-patch",), seeds=(0,), budget=0.6)
+#: (point, round): every named point at round 1, 'trained' at round 0, and the final round's commit.
+KILLS = [("trained", 0), ("trained", 1), ("evaluated", 1), ("weights-saved", 1), ("state-saved", 1),
+         ("evaluated", 2), ("state-saved", "last")]
+
+_CHILD = (
+    "import json, sys, torch\n"
+    "torch.set_num_threads(1)\n"
+    "from focal_al.bench.config import BenchConfig\n"
+    "from focal_al.bench.runner import run_bench\n"
+    "run_bench(BenchConfig.from_dict(json.loads(sys.argv[1])), quiet=True, with_full_supervision=False)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_bench(tiny(out, **KILL_CONFIG), quiet=True, with_full_supervision=False)
+    run = out / "runs" / "random-patch-seed0"
+    return out, read_json(run / "rounds.json"), read_json(run / "queries.json")
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, uninterrupted):
+    """Every kill of KILLS, run in concurrent subprocesses; returns {(point, round): (out_dir, returncode)}."""
+    last = uninterrupted[1][-1]["round"]
+    assert last >= 3, "the kill config should run at least 4 rounds"
+    procs = {}
+    for point, round_ in KILLS:
+        r = last if round_ == "last" else round_
+        out = tmp_path_factory.mktemp(f"kill-{point}-{r}")
+        env = {**os.environ, KILL_ENV: f"{point}:{r}", "OMP_NUM_THREADS": "1"}
+        config = json.dumps(tiny(out, **KILL_CONFIG).to_dict())
+        procs[point, round_] = (out, subprocess.Popen([sys.executable, "-c", _CHILD, config], env=env,
+                                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    results = {}
+    for key, (out, proc) in procs.items():
+        output, _ = proc.communicate(timeout=300)
+        results[key] = (out, proc.returncode, output.decode(errors="replace"))
+    return results
+
+
+@pytest.mark.parametrize("point, round_", KILLS)
+def test_resume_after_kill_matches_uninterrupted(killed, uninterrupted, point, round_):
+    out, returncode, output = killed[point, round_]
+    assert returncode == -9, f"expected SIGKILL at {point}:{round_}; got {returncode}\n{output}"
+    run = out / "runs" / "random-patch-seed0"
+    config = tiny(out, **KILL_CONFIG)
+    if (run / "state.json").exists():
+        with pytest.raises(FileExistsError, match="--resume"):
+            run_bench(config, quiet=True, with_full_supervision=False)
+    run_bench(config, resume=True, quiet=True, with_full_supervision=False)
+    _, expected_rounds, expected_queries = uninterrupted
+    rounds = read_json(run / "rounds.json")
+    assert without_timings(rounds) == without_timings(expected_rounds)
+    assert read_json(run / "queries.json") == expected_queries
+    last = expected_rounds[-1]["round"]
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["state.json", "rounds.json", "queries.json", f"weights-round{last}.pt"])
+    state = read_json(run / "state.json")
+    assert state["complete"] and state["round"] == last and state["weights"] == f"weights-round{last}.pt"
+    assert without_timings(read_json(out / "records.json")) == without_timings(expected_rounds)
+
+
+def test_uninterrupted_run_folder_is_clean(uninterrupted):
+    out, rounds, _ = uninterrupted
+    run = out / "runs" / "random-patch-seed0"
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["state.json", "rounds.json", "queries.json", f"weights-round{rounds[-1]['round']}.pt"])
+
+
+def test_resume_with_changed_protocol_is_refused(uninterrupted, tmp_path):
+    import shutil
+
+    out = tmp_path / "bench"
+    shutil.copytree(uninterrupted[0], out)
+    before = snapshot(out)
+    for field, value in (("patch_size", 8), ("overlap", 0.0), ("lr", 0.01)):
+        with pytest.raises(ValueError, match=field):
+            run_bench(tiny(out, **KILL_CONFIG, **{field: value}), resume=True, quiet=True,
+                      with_full_supervision=False)
+    assert snapshot(out) == before
+
+
+def test_resume_finished_run_with_larger_budget_continues(uninterrupted, tmp_path):
+    import shutil
+
+    out = tmp_path / "bench"
+    shutil.copytree(uninterrupted[0], out)
+    _, short, short_queries = uninterrupted
+    # resuming with the same budget is a no-op on the run
+    run = out / "runs" / "random-patch-seed0"
+    state_before = (run / "state.json").read_bytes()
+    run_bench(tiny(out, **KILL_CONFIG), resume=True, quiet=True, with_full_supervision=False)
+    assert (run / "state.json").read_bytes() == state_before
+    longer = {**KILL_CONFIG, "budget": 0.8}
+    run_bench(tiny(out, **longer), resume=True, quiet=True, with_full_supervision=False)
+    rounds, queries = read_json(run / "rounds.json"), read_json(run / "queries.json")
+    assert len(rounds) > len(short)
+    assert rounds[:len(short)] == short  # earlier rounds untouched, timings included
+    assert queries[:len(short_queries)] == short_queries
+    assert rounds[-1]["cost"] >= 0.8 > rounds[-2]["cost"]
+    # and the continued run equals a fresh run to the larger budget
+    fresh = tmp_path / "fresh"
+    run_bench(tiny(fresh, **longer), quiet=True, with_full_supervision=False)
+    assert without_timings(rounds) == without_timings(read_json(fresh / "runs" / "random-patch-seed0" / "rounds.json"))
+
+
+# ----------------------------------------------------------------------------------- other networks
+
+
+@pytest.mark.parametrize("key", ["2-sa-fcn", "3-sa"])
+def test_suggestive_annotation_runs_a_query_round(tmp_path, key):
+    config = tiny(tmp_path, strategies=(key,), seeds=(0,), budget=0.2)
+    run_bench(config, quiet=True, with_full_supervision=False)
+    records = read_json(tmp_path / "runs" / f"{key}-seed0" / "rounds.json")
+    queries = read_json(tmp_path / "runs" / f"{key}-seed0" / "queries.json")
+    assert len(records) >= 2 and queries[1]["level"] == "image" and len(queries[1]["items"]) >= 1
+    assert all(np.isfinite(r["dice"]) for r in records)
+    assert records[1]["cost"] > records[0]["cost"]
