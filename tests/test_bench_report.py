@@ -196,18 +196,18 @@ def test_render_report_contains_the_table(two_strategies):
 def test_load_and_write_records(tmp_path, two_strategies):
     for seed_run in (two_strategies[:3], two_strategies[3:6], two_strategies[6:]):
         write_run(tmp_path, seed_run[::-1])
-    partial = dict(two_strategies[0], strategy="bare", label=None)
+    partial = dict(two_strategies[0], strategy="0-bare", label=None)
     del partial["cu"], partial["cd"], partial["label"]
     write_run(tmp_path, [partial])
     records = load_records(tmp_path)
     assert [(r["strategy"], r["seed"], r["round"]) for r in records][:4] == [
-        ("bare", 0, 0), ("focannot", 0, 0), ("focannot", 0, 1), ("focannot", 0, 2)
+        ("0-bare", 0, 0), ("1-image-iu", 0, 0), ("1-image-iu", 0, 1), ("1-image-iu", 0, 2)
     ]
-    assert records[0]["label"] == "bare" and records[0]["cu"] is None
+    assert records[0]["label"] == "0-bare" and records[0]["cu"] is None
     csv_path, json_path = write_records(tmp_path, records)
     lines = csv_path.read_text().splitlines()
     assert lines[0].startswith("strategy,label,seed,round,cost,")
-    assert lines[1].startswith("bare,bare,0,0,0.1,")
+    assert lines[1].startswith("0-bare,0-bare,0,0,0.1,")
     assert len(lines) == 1 + len(records)
     assert json.loads(json_path.read_text()) == records
 

@@ -153,7 +153,7 @@ def plot_cluster_criteria(records: Sequence[dict], path: str | os.PathLike) -> P
         ax.set_ylabel(f"mean {METRIC_NAMES[metric]}")
         ax.set_title(f"Mean {METRIC_NAMES[metric]} per round")
         ax.grid(True, alpha=0.3)
-        if has[metric]:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
         else:
             ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", va="center")
