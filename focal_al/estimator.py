@@ -109,6 +109,8 @@ class SegmentationNet(NeuralNet):
     random_state : int, numpy Generator or None, default=None
         Seeds the weight initialisation, the batch order and the augmentation. With an int, the
         same calls give the same weights and predictions on CPU. Global RNG state is not touched.
+        ``set_params(random_state=...)`` on an initialised net reseeds the batch-order and
+        augmentation streams only (weights kept): the way to seed each warm-started round.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA if available, else CPU. The resolved device is ``device_``.
     mixed_precision : bool, default=True
@@ -217,13 +219,24 @@ class SegmentationNet(NeuralNet):
         finally:
             self.__dict__["device"] = requested
 
+    def _seed_streams(self) -> None:
+        self.rng_ = np.random.default_rng(self.random_state)
+        self.torch_generator_ = torch.Generator().manual_seed(int(self.rng_.integers(2**62)))
+
     def initialize(self):
         """Initialise (or re-initialise) the network, criterion, optimizer and random streams."""
         self._check_params()
         self.device_ = self._resolve_device()
-        self.rng_ = np.random.default_rng(self.random_state)
-        self.torch_generator_ = torch.Generator().manual_seed(int(self.rng_.integers(2**62)))
+        self._seed_streams()
         return super().initialize()
+
+    def set_params(self, **kwargs):
+        """Set parameters; on an initialised net, a new ``random_state`` reseeds the batch-order and
+        augmentation streams (the weights are kept), so each active-learning round can be seeded."""
+        super().set_params(**kwargs)
+        if "random_state" in kwargs and getattr(self, "initialized_", False):
+            self._seed_streams()
+        return self
 
     def _initialize_module(self, reason=None):
         with self._concrete_device():
@@ -328,6 +341,8 @@ class SegmentationNet(NeuralNet):
 
     def check_data(self, X, y=None):
         """Validate training data (collects every problem into one ``ValueError``)."""
+        if isinstance(X, torch.utils.data.Dataset):
+            return  # a ready torch Dataset (skorch's convention) yields its own (X, y) batches
         problems = self._check_X(X)
         if y is None:
             problems.append("'y' is required to fit: class labels of shape (N, H, W).")
@@ -372,6 +387,15 @@ class SegmentationNet(NeuralNet):
         kwargs.setdefault("batch_size", self.batch_size)
         if kwargs["batch_size"] == -1:
             kwargs["batch_size"] = len(dataset)
+        if (
+            "drop_last" not in kwargs
+            and self.steps_per_epoch is None
+            and len(dataset) > 1
+            and len(dataset) % kwargs["batch_size"] == 1
+        ):
+            # A last batch of one sample breaks BatchNorm in training mode wherever a feature map
+            # is 1x1 (small patches, deep nets): drop it (a different sample each shuffled epoch).
+            kwargs["drop_last"] = True
         if "sampler" not in kwargs and "batch_sampler" not in kwargs:
             shuffle = kwargs.pop("shuffle", False)
             if self.steps_per_epoch is not None:

@@ -1,4 +1,5 @@
 """Tests of focal_al.estimator.SegmentationNet on tiny inputs and tiny networks."""
+import copy
 import pickle
 
 import numpy as np
@@ -133,6 +134,29 @@ def test_warm_start_keeps_weights():
     cold.set_params(random_state=9)
     cold.fit(X, y)
     assert not same_weights(first, weights(cold))
+
+
+def test_set_params_random_state_reseeds_streams_not_weights():
+    X, y = data()
+    a = tiny(warm_start=True).fit(X, y)
+    b = tiny(warm_start=True, random_state=5).fit(X, y)
+    b.module_.load_state_dict(a.module_.state_dict())
+    # deepcopy: Adam's load_state_dict may keep the very tensors of a's state, shared in place.
+    b.optimizer_.load_state_dict(copy.deepcopy(a.optimizer_.state_dict()))
+    before = weights(b)
+    a.set_params(random_state=11)
+    b.set_params(random_state=11)
+    assert same_weights(before, weights(b))
+    a.fit(X, y)
+    b.fit(X, y)
+    assert same_weights(weights(a), weights(b))
+
+
+def test_last_batch_of_one_is_dropped_for_batchnorm():
+    X, y = data(5)
+    net = SegmentationNet(module__width=2, module__depth=4, batch_size=4, max_epochs=1, random_state=0)
+    net.fit(X, y)  # 16x16 at depth 4 has a 1x1 bottleneck: a batch of one would fail
+    assert [b["train_batch_size"] for b in net.history[-1]["batches"]] == [4]
 
 
 def test_partial_fit_continues():
