@@ -14,6 +14,10 @@ with replacement) until its share is spent. Evaluation is at the training resolu
 images and instance masks are rescaled by the same factor, predicted whole (mirror-padded to a
 multiple of 16, cropped back).
 
+After training, unless ``--no-agreement``, the training pool is scored both patch by patch
+(``score_pool``, the default) and from whole-image maps (``score_pool_from_images``): times,
+overlap of the top-entropy selections, rank correlation and descriptor similarity are recorded.
+
 Writes ``benchmarks/results/full_supervision.json`` (or ``--output``).
 
     python benchmarks/bench_full_supervision.py                   # 16 minutes of training
@@ -49,6 +53,34 @@ def evaluate(net, dataset, batch_size):
     metrics = evaluate_segmentation(preds, dataset.masks)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+def scoring_agreement(net, train, store, batch_size):
+    """Per-patch ``score_pool`` against ``score_pool_from_images`` on the training pool.
+
+    Times both and measures how far the whole-image approximation changes what a query would
+    select: overlap of the top 2.5 % (T) and top 5 % (Q) patches by entropy, Spearman correlation
+    of the entropies, mean cosine similarity of the descriptors.
+    """
+    from scipy.stats import spearmanr
+
+    start = time.perf_counter()
+    exact = net.score_pool(store.patches, batch_size=batch_size)
+    exact_s = time.perf_counter() - start
+    start = time.perf_counter()
+    approx = net.score_pool_from_images(train.images, store.image_index, store.coords, store.patch_size)
+    approx_s = time.perf_counter() - start
+    out = {"n_patches": len(exact), "per_patch_seconds": round(exact_s, 1), "whole_image_seconds": round(approx_s, 1)}
+    for name, fraction in (("top_2.5%_overlap", 0.025), ("top_5%_overlap", 0.05)):
+        k = max(1, int(round(fraction * len(exact))))
+        a = set(np.argsort(-exact.entropy, kind="stable")[:k].tolist())
+        b = set(np.argsort(-approx.entropy, kind="stable")[:k].tolist())
+        out[name] = round(len(a & b) / k, 4)
+    out["entropy_spearman"] = round(float(spearmanr(exact.entropy, approx.entropy).statistic), 4)
+    d1, d2 = exact.descriptors.astype(np.float64), approx.descriptors.astype(np.float64)
+    cos = (d1 * d2).sum(1) / np.maximum(np.linalg.norm(d1, axis=1) * np.linalg.norm(d2, axis=1), 1e-12)
+    out["descriptor_cosine_mean"] = round(float(cos.mean()), 4)
+    return out
 
 
 def run_config(name, args, seconds, workdir):
@@ -97,6 +129,9 @@ def run_config(name, args, seconds, workdir):
         "loss_last_chunk": round(losses[-1], 4),
         "test": {},
     }
+    if args.agreement:
+        record["whole_image_scoring"] = scoring_agreement(net, train, store, args.eval_batch_size * 16)
+        print(f"[{name}] whole-image vs per-patch scoring: {record['whole_image_scoring']}")
     store.close()
     for split in test_splits:
         test = load_glas(args.data_dir, split, seed=args.seed)
@@ -122,6 +157,10 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--chunk-steps", type=int, default=25, help="batches between time checks")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-agreement", dest="agreement", action="store_false",
+        help="skip comparing per-patch scoring with scoring from whole-image maps on the training pool",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "full_supervision.json")
     args = parser.parse_args(argv)
     if not args.data_dir.is_dir():

@@ -4,7 +4,8 @@ Both networks share one interface, which is what :class:`focal_al.estimator.Segm
 relies on: ``forward(x) -> (logits, descriptor)`` with ``logits`` of shape ``(N, C, H, W)`` and
 ``descriptor`` of shape ``(N, descriptor_dim)``, the channel-wise spatial mean of the encoder's
 bottleneck output; the attributes ``in_channels``, ``n_classes``, ``depth``, ``size_multiple``
-(input sides must be multiples of it) and ``descriptor_dim``.
+(input sides must be multiples of it) and ``descriptor_dim``; and ``forward_maps(x) -> (logits,
+bottleneck map)`` for scoring patches from whole-image maps.
 """
 from __future__ import annotations
 
@@ -83,6 +84,15 @@ class _SegmentationModule(nn.Module):
         self.encoder = _Encoder(in_channels, width, depth)
         self.descriptor_dim = self.encoder.widths[-1]
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(N, n_classes, H, W)`` and descriptor ``(N, descriptor_dim)`` of ``x`` ``(N, C, H, W)``."""
+        logits, bottleneck = self.forward_maps(x)
+        return logits, bottleneck.mean(dim=(2, 3))
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(N, n_classes, H, W)`` and the bottleneck map ``(N, descriptor_dim, H / 2**depth, W / 2**depth)``."""
+        raise NotImplementedError
+
     def _check_input(self, x: torch.Tensor) -> None:
         problems = []
         if x.ndim != 4:
@@ -145,8 +155,8 @@ class EDConvNet(_SegmentationModule):
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(current, n_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(N, n_classes, H, W)`` and descriptor ``(N, descriptor_dim)`` of ``x`` ``(N, C, H, W)``."""
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(N, n_classes, H, W)`` and the bottleneck map ``(N, descriptor_dim, H / 2**depth, W / 2**depth)``."""
         self._check_input(x)
         features = self.encoder(x)
         bottleneck = features[-1]
@@ -154,7 +164,7 @@ class EDConvNet(_SegmentationModule):
         for block, skip in zip(self.decoder, reversed(features[:-1])):
             y = F.interpolate(y, size=skip.shape[2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([skip, y], dim=1))
-        return self.head(y), bottleneck.mean(dim=(2, 3))
+        return self.head(y), bottleneck
 
 
 class FCN(_SegmentationModule):
@@ -193,11 +203,11 @@ class FCN(_SegmentationModule):
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(current, n_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(N, n_classes, H, W)`` and descriptor ``(N, descriptor_dim)`` of ``x`` ``(N, C, H, W)``."""
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(N, n_classes, H, W)`` and the bottleneck map ``(N, descriptor_dim, H / 2**depth, W / 2**depth)``."""
         self._check_input(x)
         bottleneck = self.encoder(x)[-1]
         y = bottleneck
         for block in self.decoder:
             y = block(F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False))
-        return self.head(y), bottleneck.mean(dim=(2, 3))
+        return self.head(y), bottleneck

@@ -232,6 +232,33 @@ def test_whole_images_of_odd_sizes(fitted):
     np.testing.assert_allclose(scores.entropy[1], -(p * np.log(p)).sum(axis=0).mean(), rtol=1e-4)
 
 
+def test_score_pool_from_images_windows(fitted):
+    net, _, _ = fitted
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (24, 20, 3), dtype=np.uint8), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)]
+    image_index = np.array([0, 1, 0, 0])
+    coords = np.array([[0, 0], [0, 0], [8, 4], [12, 10]])  # the last reaches into the mirror padding
+    scores = net.score_pool_from_images(images, image_index, coords, 12)
+    assert len(scores) == 4 and scores.descriptors.shape == (4, net.module_.descriptor_dim)
+    # A window's entropy is the mean of the whole-image entropy map over it.
+    padded = np.pad(images[0], ((0, 0), (0, 4), (0, 0)), mode="reflect")  # 10 + 12 = 22 -> 24 (multiple of 4)
+    p = net.predict_images([padded])[0].astype(np.float64)
+    ent = -(p * np.log(p)).sum(axis=0)
+    np.testing.assert_allclose(scores.entropy[2], ent[8:20, 4:16].mean(), rtol=1e-4)
+    np.testing.assert_allclose(scores.entropy[3], ent[12:24, 10:22].mean(), rtol=1e-4)
+    with torch.no_grad():
+        _, cells = net.module_.forward_maps(torch.as_tensor(padded.transpose(2, 0, 1)[None]).float() / 255)
+    # Window [8, 20) x [4, 16) covers bottleneck cells [2, 5) x [1, 4) (cells of 4 px).
+    np.testing.assert_allclose(scores.descriptors[2], cells[0, :, 2:5, 1:4].mean(dim=(1, 2)).numpy(), rtol=1e-4, atol=1e-6)
+    # A patch that is its whole (aligned) image scores exactly as score_pool.
+    exact = net.score_pool(images[1].transpose(2, 0, 1)[None])
+    one = net.score_pool_from_images(images[1:], [0], [[0, 0]], 16)
+    np.testing.assert_allclose(one.entropy, exact.entropy, rtol=1e-5)
+    np.testing.assert_allclose(one.descriptors, exact.descriptors, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="'image_index' must lie in"):
+        net.score_pool_from_images(images, [0, 2], [[0, 0], [0, 0]], 12)
+
+
 def test_save_load_round_trip(fitted, tmp_path):
     net, X, _ = fitted
     path = tmp_path / "weights.pt"
