@@ -161,8 +161,15 @@ def main(argv=None):
         "--no-agreement", dest="agreement", action="store_false",
         help="skip comparing per-patch scoring with scoring from whole-image maps on the training pool",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: torch's choice); on a CPU shared with other jobs, 1 can be "
+        "several times faster than 2",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "full_supervision.json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.data_dir.is_dir():
         parser.error(f"--data-dir {args.data_dir} does not exist (the GlaS release, e.g. ../shared/data/glas).")
 

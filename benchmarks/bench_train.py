@@ -86,8 +86,15 @@ def main(argv=None):
     parser.add_argument("--overhead-width", type=int, default=16, help="width for the skorch-vs-plain comparison")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats of the comparison")
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: torch's choice); on a CPU shared with other jobs, 1 can be "
+        "several times faster than 2",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     bs, side, depth = args.batch_size, args.side, args.depth
     # Many short interleaved runs: on a shared machine, bursts of load from other processes hit
