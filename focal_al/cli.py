@@ -67,7 +67,14 @@ def _csv(kind):
 @click.option("--clusters", type=int, help="Number of clusters k.")
 @click.option("--lam", type=float, help="Weight of cluster uncertainty in Eq. 8 (lambda).")
 @click.option("--budget", type=float, help="Stop at this fraction of the training pixels.")
-@click.option("--step", type=float, help="Query size per round, as a fraction of the training patches (images).")
+@click.option("--step", type=float, help="Query size per round: a fraction of the training pixels (see --step-unit); images for image-level strategies.")
+@click.option("--step-unit", type=click.Choice(["pixels", "patches"]),
+              help="pixels: a round queries patches covering --step of the training pixels; patches: "
+                   "--step of the patches (the paper's T; with overlap that reveals several times more pixels).")
+@click.option("--scoring", type=click.Choice(["patches", "images"]),
+              help="patches: score every candidate patch exactly (default); images: pool patch scores "
+                   "from whole-image maps (faster, approximate).")
+@click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--width", type=int, help="Network width w (descriptor dimension 8w).")
 @click.option("--depth", type=int, help="Network depth (number of 2x2 poolings; patch sides must be multiples of 2**depth).")
 @click.option("--lr", type=float, help="Adam learning rate.")
@@ -84,10 +91,15 @@ def _csv(kind):
 @click.option("--full-supervision/--no-full-supervision", default=True, show_default=True,
               help="Also train on every training pixel, the ceiling the curves are compared with.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def bench(preset, resume, grid, full_supervision, quiet, out_dir, **options):
+def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, **options):
     """Reproduce the paper's experiment: learning curves of query strategies against annotation cost."""
     from focal_al.bench.config import preset_config
     from focal_al.bench.runner import run_bench, run_grid
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
 
     try:
         config = preset_config(preset, out_dir=out_dir or f"bench-out/{preset}", **options).validate()

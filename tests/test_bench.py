@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from focal_al.bench.config import BenchConfig, preset_config
-from focal_al.bench.runner import KILL_ENV, initial_images, load_data, run_bench
+from focal_al.bench.runner import KILL_ENV, initial_images, load_data, queries_per_round, run_bench
 from focal_al.cli import main
 
 TINY = dict(
@@ -371,3 +371,31 @@ def test_suggestive_annotation_runs_a_query_round(tmp_path, key):
     assert len(records) >= 2 and queries[1]["level"] == "image" and len(queries[1]["items"]) >= 1
     assert all(np.isfinite(r["dice"]) for r in records)
     assert records[1]["cost"] > records[0]["cost"]
+
+
+def test_queries_per_round_by_pixels_or_patches(tmp_path):
+    config = tiny(tmp_path, patch_size=16, step=0.1)
+    # 25,600 training pixels: a tenth of them is the area of 10 patches of 16 x 16; a tenth of 400 patches is 40.
+    assert queries_per_round(config, "patch", 400, 10, 25_600) == 10
+    assert queries_per_round(config.replace(step_unit="patches"), "patch", 400, 10, 25_600) == 40
+    assert queries_per_round(config, "image", 400, 10, 25_600) == 1
+    assert queries_per_round(config.replace(step=0.001), "patch", 400, 10, 25_600) == 1
+
+
+def test_pixel_steps_reveal_at_most_one_step_per_round(tmp_path):
+    config = tiny(tmp_path, strategies=("random-patch",))
+    run_bench(config, quiet=True, with_full_supervision=False)
+    records = read_json(tmp_path / "runs" / "random-patch-seed0" / "rounds.json")
+    n_total = records[-1]["n_revealed_pixels"] / records[-1]["cost"]
+    # T patches have about `step` of the pixels in area; overlaps and clipping only reveal less.
+    slack = config.patch_size**2 / (2 * n_total)
+    assert len(records) >= 3
+    assert np.all(np.diff([r["cost"] for r in records]) <= config.step + slack)
+
+
+def test_whole_image_scoring_runs_the_protocol(tmp_path):
+    config = tiny(tmp_path, strategies=("7-focannot",), scoring="images")
+    run_bench(config, quiet=True, with_full_supervision=False)
+    queries = read_json(tmp_path / "runs" / "7-focannot-seed0" / "queries.json")
+    patches = [(i["image"], i["y"], i["x"]) for q in queries[1:] for i in q["items"]]
+    assert len(queries) >= 2 and len(patches) == len(set(patches))

@@ -62,7 +62,10 @@ ALIASES = {**{k.split("-", 1)[0]: k for k in TABLE1 if k[0].isdigit()}, **{s.str
 class BenchConfig:
     """Everything one ``focal-al bench`` invocation needs; every field is a CLI option.
 
-    Costs (``budget``, ``step``) are fractions of all training pixels. ``train_steps`` gradient
+    Costs (``budget``, ``step``) are fractions of all training pixels; with ``step_unit="patches"``
+    a round queries ``step`` of the patches instead (the paper's T; see ``queries_per_round``).
+    ``scoring="images"`` pools the per-patch scores from whole-image maps (faster, approximate;
+    the default ``"patches"`` scores every candidate patch exactly). ``train_steps`` gradient
     steps of ``batch_size`` patches are taken per round, from the weights of the previous round
     (warm start; the optimizer starts afresh each round so that a resumed run is identical).
     """
@@ -84,6 +87,8 @@ class BenchConfig:
     candidate_ratio: float = 2.0
     budget: float = 0.3
     step: float = 0.025
+    step_unit: str = "pixels"
+    scoring: str = "patches"
     width: int = 8
     depth: int = 3
     train_steps: int = 60
@@ -141,6 +146,8 @@ class BenchConfig:
         check(self.candidate_ratio >= 1, "candidate_ratio", ">= 1 (Q >= T)")
         check(0 < self.step <= self.budget <= 1, "budget", f"in [step = {self.step}, 1]")
         check(0 < self.step < 1, "step", "in (0, 1)")
+        check(self.step_unit in ("pixels", "patches"), "step_unit", "'pixels' or 'patches'")
+        check(self.scoring in ("patches", "images"), "scoring", "'patches' or 'images'")
         check(self.width >= 1 and self.depth >= 1, "width", "positive (and depth positive)")
         check(self.train_steps >= 1, "train_steps", "at least 1")
         check(self.initial_train_steps >= 1, "initial_train_steps", "at least 1")
@@ -171,7 +178,8 @@ PRESETS: dict[str, dict] = {
     # The paper's scale: full resolution, width 64, l = 128, budget 50 % (needs a GPU).
     "paper": dict(
         dataset="glas", split="mixed", scale=1.0, patch_size=128, overlap=0.5, clusters=3, lam=0.5,
-        budget=0.5, step=0.025, width=64, depth=4, train_steps=500, initial_train_steps=2000, batch_size=16,
+        budget=0.5, step=0.025, step_unit="patches", width=64, depth=4, train_steps=500, initial_train_steps=2000,
+        batch_size=16,
         strategies=tuple(TABLE1), seeds=(0, 1),
     ),
 }

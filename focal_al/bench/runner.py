@@ -32,7 +32,7 @@ STATE_VERSION = 1
 PROTOCOL_FIELDS = (
     "dataset", "data_dir", "split", "images_dir", "masks_dir", "test_fraction", "n_images", "image_size",
     "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
-    "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble",
+    "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
 )
 #: Test hook: ``FOCAL_AL_BENCH_KILL_AT=<point>:<round>`` SIGKILLs the process at a named point.
 KILL_ENV = "FOCAL_AL_BENCH_KILL_AT"
@@ -142,6 +142,23 @@ def make_net(config: BenchConfig, network: str, seed: int):
     )
 
 
+def queries_per_round(config: BenchConfig, level: str, n_patches: int, n_images: int, n_pixels: int) -> int:
+    """How many patches (or images) one round queries: ``step`` of the pool.
+
+    ``step_unit="patches"`` is the paper's T = step x the number of patches. With overlapping
+    patches that reveals several times ``step`` of the pixels per round (at rho = 0.5 a patch set
+    of 2.5 % of the patches covers up to about 10 % of the pixels), so ``step_unit="pixels"``
+    queries the number of patches whose area is ``step`` of the training pixels: a round then
+    reveals at most ``step`` of the pixels and the learning curve has points at the low budgets.
+    Image-level strategies query ``step`` of the training images either way.
+    """
+    if level == "image":
+        return max(1, int(round(config.step * n_images)))
+    if config.step_unit == "pixels":
+        return max(1, int(round(config.step * n_pixels / config.patch_size**2)))
+    return max(1, int(round(config.step * n_patches)))
+
+
 def _round_seed(seed: int, round_: int, salt: int = 0) -> int:
     return int(np.random.default_rng([seed, round_, salt]).integers(2**31 - 1))
 
@@ -154,16 +171,11 @@ def train_round(net, store, labelled_patches: np.ndarray, steps: int, seed: int)
     """
     start = time.perf_counter()
     idx = np.sort(labelled_patches)
+    # On an initialised net a new random_state reseeds the batch and augmentation streams (the
+    # weights are kept), so every round draws the same batches whether or not the run was resumed.
     net.set_params(steps_per_epoch=int(steps), random_state=seed)
     if not net.initialized_:
         net.initialize()
-    else:
-        # set_params does not reseed the streams that draw batches and augmentations: without this
-        # they would carry over from round 0 and a resumed run would train differently.
-        import torch
-
-        net.rng_ = np.random.default_rng(seed)
-        net.torch_generator_ = torch.Generator().manual_seed(int(net.rng_.integers(2**62)))
     net.initialize_optimizer()
     net.partial_fit(store.patches[idx], store.labels[idx])
     return time.perf_counter() - start
@@ -317,7 +329,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         round_ = state["round"]
         net.initialize()
         net.load_weights(run_dir / state["weights"])
-    per_round = max(1, int(round(config.step * (n_patches if level == "patch" else n_images))))
+    per_round = queries_per_round(config, level, n_patches, n_images, revealed.n_total)
 
     while True:
         if state is None or round_ > state["round"]:
@@ -355,7 +367,11 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         start = time.perf_counter()
         if level == "patch":
             candidates = np.setdiff1d(np.arange(n_patches), labelled)
-            scores = net.score_pool(store.patches[candidates])
+            if config.scoring == "images":
+                scores = net.score_pool_from_images(train.images, image_index[candidates], store.coords[candidates],
+                                                    store.patch_size)
+            else:
+                scores = net.score_pool(store.patches[candidates])
             chosen = candidates[select(scores, min(per_round, len(candidates)), np.arange(len(candidates)), rng,
                                        **_strategy_params(config, spec))]
             cu_cd = _cluster_criteria(config, scores.descriptors, seed, round_)
