@@ -17,6 +17,7 @@ _EXPORTS = {
     "load_folder": "datasets",
     "make_synthetic": "datasets",
     "EDConvNet": "nets",
+    "FCN": "nets",
     "SegmentationNet": "estimator",
     "PoolScores": "scores",
     "RevealedPixels": "cost",
