@@ -509,6 +509,8 @@ def render_report(
                     for k in ("voe", "object_f1", "object_dice")
                     if full_supervision.get(k) is not None
                 )
+                + (f", after {full_supervision['train_steps']} training steps on every training patch "
+                   f"(as many as one active-learning run takes)" if full_supervision.get("train_steps") else "")
                 + f". Targets: 95 % of FS Dice = {0.95 * fs:.3f}; within 1 point = {fs - 0.01:.3f}.",
             ]
         if reference:
