@@ -67,7 +67,7 @@ class BenchConfig:
     ``scoring="images"`` pools the per-patch scores from whole-image maps (faster, approximate;
     the default ``"patches"`` scores every candidate patch exactly). ``train_steps`` gradient
     steps of ``batch_size`` patches are taken per round, from the weights of the previous round
-    (warm start; the optimizer starts afresh each round so that a resumed run is identical).
+    (warm start: the weights and the optimizer's state carry over from round to round).
     """
 
     preset: str = "quick"
