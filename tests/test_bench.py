@@ -19,7 +19,7 @@ from focal_al.cli import main
 
 TINY = dict(
     n_images=11, image_size=48, patch_size=16, overlap=0.5, depth=2, width=2, train_steps=2,
-    initial_train_steps=2, batch_size=4, step=0.1, budget=0.3, clusters=2, sa_ensemble=2,
+    initial_train_steps=2, batch_size=4, step=0.1, budget=0.3, clusters=2, sa_ensemble=2, seeds=(0,),
 )
 #: The same config as CLI options (``--depth`` / ``--sa-ensemble`` are not CLI options; defaults apply).
 TINY_CLI = [

@@ -165,8 +165,8 @@ class BenchConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The built-in synthetic data and a small network: about 5 minutes on 2 CPU cores.
-    "quick": {},
+    # The built-in synthetic data and a small network, two seeds: about 5 minutes on 2 CPU cores.
+    "quick": dict(n_images=32, seeds=(0, 1)),
     # GlaS at half resolution, sized so that one strategy with one seed takes about 15 minutes on 2 cores.
     "glas-cpu": dict(
         dataset="glas", split="mixed", scale=0.5, patch_size=64, overlap=0.5, clusters=3, lam=0.5,
