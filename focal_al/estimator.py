@@ -682,7 +682,7 @@ class SegmentationNet(NeuralNet):
             ])
             yield group, self._to_input(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))), (h, w)
 
-    def predict_images(self, images: Sequence, *, batch_size: int = 1) -> list[np.ndarray]:
+    def predict_images(self, images: Sequence, *, batch_size: int = 1, return_descriptors: bool = False):
         """Class probabilities of whole images of any size.
 
         Each image is mirror-padded (reflect) at the bottom and right to a multiple of the
@@ -699,18 +699,28 @@ class SegmentationNet(NeuralNet):
         -------
         list of ndarray of shape (C, H_k, W_k), float32
             In the order of ``images``.
+        descriptors : ndarray of shape (n_images, d), float32
+            Only with ``return_descriptors=True``: the channel-wise mean of the bottleneck over
+            each padded image, from the same forward pass (as in :meth:`score_images`).
         """
         self._check_fitted("predict_images")
         images = list(images)
         out: list = [None] * len(images)
+        descriptors = None
         nonlin = self._get_predict_nonlinearity()
         with torch.inference_mode():
             for group, xb, (h, w) in self._image_batches(images, batch_size, "predict_images"):
                 self.module_.eval()
-                proba = nonlin(self.infer(xb))[:, :, :h, :w].float().cpu().numpy()
+                with self._autocast():
+                    logits, desc = self.module_(xb)
+                proba = nonlin(logits.float())[:, :, :h, :w].float().cpu().numpy()
                 for k, p in zip(group, proba):
                     out[k] = np.ascontiguousarray(p)
-        return out
+                if return_descriptors:
+                    if descriptors is None:
+                        descriptors = np.empty((len(images), desc.shape[1]), dtype=np.float32)
+                    descriptors[group] = desc.float().cpu().numpy()
+        return (out, descriptors) if return_descriptors else out
 
     def score_images(self, images: Sequence, *, batch_size: int = 1) -> PoolScores:
         """Uncertainty scores and descriptors of whole images of any size (image-level pools).

@@ -240,6 +240,11 @@ def test_whole_images_of_odd_sizes(fitted):
     assert len(scores) == 4 and scores.descriptors.shape == (4, net.module_.descriptor_dim)
     p = probas[1].astype(np.float64)
     np.testing.assert_allclose(scores.entropy[1], -(p * np.log(p)).sum(axis=0).mean(), rtol=1e-4)
+    # One pass can return both: the same probabilities and the descriptors score_images gives.
+    both, descriptors = net.predict_images(images, batch_size=2, return_descriptors=True)
+    for a, b in zip(both, probas):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(descriptors, scores.descriptors, atol=1e-5)
 
 
 def test_score_pool_from_images_windows(fitted):

@@ -203,15 +203,16 @@ def _sa_scores(config, net, store, labelled_patches, train_images, seed, round_)
     from focal_al.scores import PoolScores
 
     rng = np.random.default_rng([seed, round_, 4242])
-    fg, descriptors, base = [], [], None
+    fg, descriptors = [], []
     for member in range(config.sa_ensemble):
         twin = copy.deepcopy(net)
         boot = rng.choice(labelled_patches, size=len(labelled_patches), replace=True)
         train_round(twin, store, boot, config.train_steps, _round_seed(seed, round_, 100 + member))
-        scores = twin.score_images(train_images)
-        base = scores if base is None else base
-        descriptors.append(scores.descriptors)
-        fg.append([p[1] for p in twin.predict_images(train_images)])
+        proba, desc = twin.predict_images(train_images, return_descriptors=True)  # one pass per copy
+        descriptors.append(desc)
+        fg.append([p[1] for p in proba])
+    # SA selects by disagreement and descriptors only; the uncertainty fields are the current net's.
+    base = net.score_images(train_images)
     disagreement = np.array([np.mean(np.var(np.stack([m[i] for m in fg]), axis=0)) for i in range(len(train_images))])
     return PoolScores(entropy=base.entropy, margin=base.margin, least_confidence=base.least_confidence,
                       descriptors=np.mean(descriptors, axis=0), extras={"disagreement": disagreement})
