@@ -54,8 +54,14 @@ def _csv(kind):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="GlaS release folder (default: ../shared/data/glas).")
 @click.option("--split", type=click.Choice(["mixed", "testA", "testB"]),
               help="GlaS train/test pair: Mixed (seeded 80/20 of all 165), or train vs testA / testB.")
-@click.option("--images-dir", type=click.Path(exists=True, file_okay=False), help="Your images (--dataset folder).")
-@click.option("--masks-dir", type=click.Path(exists=True, file_okay=False), help="Your masks (--dataset folder).")
+@click.option("--images-dir", type=click.Path(exists=True, file_okay=False),
+              help="Your images (--dataset folder): .png, .bmp, .tif or .jpg. The image <stem>.<ext> pairs with "
+                   "the mask <stem><mask-suffix>.<ext2> in --masks-dir.")
+@click.option("--masks-dir", type=click.Path(exists=True, file_okay=False),
+              help="Your masks (--dataset folder): lossless label images (instance ids, or 0/1 or 0/255 binary "
+                   "masks, split into connected components). May be --images-dir when --mask-suffix is set.")
+@click.option("--mask-suffix", help="What a mask's file stem adds to its image's, e.g. _label for "
+                                    "image01.png / image01_label.png (default: none, same stems).")
 @click.option("--n-images", type=int, help="Number of synthetic images (--dataset synthetic).")
 @click.option("--image-size", type=int, help="Side of the synthetic images in pixels (--dataset synthetic).")
 @click.option("--scale", type=float, help="Resolution factor applied to the images (0.5 = half).")
@@ -96,13 +102,12 @@ def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, **opt
     from focal_al.bench.config import preset_config
     from focal_al.bench.runner import run_bench, run_grid
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-
     try:
-        config = preset_config(preset, out_dir=out_dir or f"bench-out/{preset}", **options).validate()
+        config = preset_config(preset, out_dir=out_dir or f"bench-out/{preset}", threads=threads, **options).validate()
+        if config.threads is not None:
+            import torch
+
+            torch.set_num_threads(config.threads)
         if grid:
             for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet):
                 click.echo(path)

@@ -40,6 +40,12 @@ class RevealedPixels:
     def __len__(self) -> int:
         return len(self._masks)
 
+    def copy(self) -> "RevealedPixels":
+        """An independent copy (masks included)."""
+        other = RevealedPixels(self.image_shapes)
+        other._masks = [m.copy() for m in self._masks]
+        return other
+
     def _check_image(self, i) -> int:
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or not 0 <= i < len(self):
             raise IndexError(f"Image index must be an int in [0, {len(self)}). Got {i!r} instead.")

@@ -22,7 +22,9 @@ __all__ = ["SegmentationDataset", "load_glas", "load_folder", "make_synthetic", 
 
 GLAS_SPLITS = ("train", "testA", "testB", "mixed-train", "mixed-test")
 _GLAS_NAME = re.compile(r"^(train|testA|testB)_(\d+)$")
-_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+#: JPEG compression invents label values along every edge: masks must be lossless.
+_LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 def _natural_key(name):
@@ -388,7 +390,8 @@ def load_folder(images_dir, masks_dir, *, mask_suffix="", label_binary=True):
 
     The image ``<stem>.<ext>`` pairs with the mask ``<stem><mask_suffix>.<ext2>`` (for example
     ``mask_suffix="_anno"`` or ``"_mask"``); ``images_dir`` and ``masks_dir`` may be the same
-    folder when ``mask_suffix`` is set. Extensions: ``.png``, ``.bmp``, ``.tif``, ``.tiff``.
+    folder when ``mask_suffix`` is set. Extensions: ``.png``, ``.bmp``, ``.tif``, ``.tiff``, and
+    ``.jpg`` / ``.jpeg`` for images only (masks must be lossless).
 
     Images may be RGB, RGBA (alpha dropped), greyscale (replicated to 3 channels), 8- or 16-bit
     (16-bit mapped linearly to 8-bit, ``v / 257``), or float in [0, 1] / [0, 255]. Masks are 8- or
@@ -416,7 +419,7 @@ def load_folder(images_dir, masks_dir, *, mask_suffix="", label_binary=True):
             images = {s: p for s, p in images.items() if not s.endswith(mask_suffix)}
     if not images:
         raise FileNotFoundError(
-            f"No images (.png, .bmp, .tif, .tiff) in '{images_dir}'."
+            f"No images (.png, .bmp, .tif, .tiff, .jpg) in '{images_dir}'."
         )
     problems = []
     no_mask = sorted(set(images) - set(masks), key=_natural_key)
@@ -437,6 +440,12 @@ def load_folder(images_dir, masks_dir, *, mask_suffix="", label_binary=True):
             f"(currently {mask_suffix!r})."
         )
     names = sorted(images, key=_natural_key)
+    lossy = [masks[n].name for n in names if masks[n].suffix.lower() in _LOSSY_SUFFIXES]
+    if lossy:
+        raise ValueError(
+            f"Masks must be lossless label images (.png, .bmp, .tif); got JPEG masks in '{masks_dir}': "
+            f"{lossy[:5]}. JPEG compression changes label values along object edges; export the masks as PNG."
+        )
     image_list, mask_list = [], []
     for name in names:
         image = _read_image(images[name])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -300,6 +301,15 @@ class SegmentationNet(NeuralNet):
         dtype = np.dtype(getattr(X, "dtype", np.float32))
         if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
             problems.append(f"'{name}' must be uint8 (0..255) or float; got dtype {dtype}.")
+        elif np.issubdtype(dtype, np.floating) and shape[0]:
+            # NaN or inf input trains every weight to NaN without an error; the failure would only
+            # surface later, inside clustering. Chunked, so a float memmap is not loaded whole.
+            for start in range(0, shape[0], 256):
+                chunk = np.asarray(X[start:start + 256])
+                if not np.isfinite(chunk).all():
+                    row = start + int(np.argmax(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)))
+                    problems.append(f"'{name}' holds NaN or infinite values (first in sample {row}); expected finite input.")
+                    break
         in_channels = self._module_attr("in_channels")
         if in_channels is not None and shape[1] != in_channels:
             problems.append(
@@ -331,19 +341,26 @@ class SegmentationNet(NeuralNet):
             problems.append(f"'y' must hold integer class labels; got dtype {dtype}.")
             return problems
         n_classes = self._module_attr("n_classes")
+        seen = set()
+        # Chunked, so a memmap of labels is scanned without loading it whole.
+        for start in range(0, len(y), 1024):
+            seen.update(np.unique(np.asarray(y[start:start + 1024])).tolist())
         if n_classes is not None:
-            bad = set()
-            # Chunked, so a memmap of labels is scanned without loading it whole.
-            for start in range(0, len(y), 1024):
-                chunk = np.asarray(y[start:start + 1024])
-                invalid = ((chunk < 0) | (chunk >= n_classes)) & (chunk != self.ignore_index)
-                if invalid.any():
-                    bad.update(np.unique(chunk[invalid])[:10].tolist())
+            bad = sorted(v for v in seen if (v < 0 or v >= n_classes) and v != self.ignore_index)
             if bad:
                 problems.append(
-                    f"'y' contains labels {sorted(bad)[:10]} outside 0..{n_classes - 1} "
+                    f"'y' contains labels {bad[:10]} outside 0..{n_classes - 1} "
                     f"(n_classes={n_classes}) that are not the ignore value {self.ignore_index}."
                 )
+        if seen == {0, self.ignore_index} == {0, 255}:
+            # Legitimate only when every revealed pixel is background; far more often a 0/255 mask.
+            warnings.warn(
+                "'y' holds only the values 0 and 255, but 255 is the ignore value (unrevealed pixels): no "
+                "foreground pixel will be trained. If these are 0/255 binary masks, pass "
+                "(mask > 0).astype(np.uint8) instead.",
+                UserWarning,
+                stacklevel=4,
+            )
         return problems
 
     def check_data(self, X, y=None):
@@ -900,6 +917,14 @@ class SegmentationNet(NeuralNet):
             raise ValueError(
                 f"Refused to load {os.fspath(path)!r}: it is not a plain weights file (only tensors "
                 f"are accepted; nothing was executed). Details: {exc}"
+            ) from exc
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises OSError, EOFError, RuntimeError... for damaged files
+            detail = str(exc) or type(exc).__name__
+            raise ValueError(
+                f"Cannot load the weights file {os.fspath(path)!r}: it is empty, truncated or not a "
+                f"weights file ({detail}). Save it again with save_weights."
             ) from exc
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"{os.fspath(path)!r} does not hold a state_dict of tensors.")

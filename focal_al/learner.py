@@ -12,27 +12,9 @@ import numpy as np
 from modAL.models.base import BaseLearner
 
 from focal_al.cost import RevealedPixels
-from focal_al.selection import check_n_instances
+from focal_al.selection import check_indices, check_n_instances, check_selection
 
 __all__ = ["PatchActiveLearner"]
-
-
-def _as_index_array(indices, n_pool: int, what: str) -> np.ndarray:
-    idx = np.asarray(indices)
-    if idx.ndim == 0:
-        idx = idx.reshape(1)
-    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-        raise TypeError(f"{what} must be a 1-D array of integer pool indices. Got {indices!r} instead.")
-    idx = idx.astype(np.intp)
-    if idx.size == 0:
-        raise ValueError(f"{what} is empty; expected at least one pool index.")
-    out_of_range = idx[(idx < 0) | (idx >= n_pool)]
-    if out_of_range.size:
-        raise IndexError(f"{what} must lie in [0, {n_pool}) (the pool size). Got {out_of_range[:5].tolist()}.")
-    values, counts = np.unique(idx, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"{what} contains duplicates: {values[counts > 1][:5].tolist()}.")
-    return idx
 
 
 class PatchActiveLearner(BaseLearner):
@@ -184,12 +166,9 @@ class PatchActiveLearner(BaseLearner):
         self._check_pool_size(n_pool)
         check_n_instances(n_instances, n_pool - len(self.labelled_), what="unlabelled pool rows")
         idx, rows = super().query(X_pool, n_instances=n_instances, **query_kwargs)
-        idx = _as_index_array(idx, n_pool, "The strategy's selection")
-        if len(idx) != n_instances or np.isin(idx, self.labelled_).any():
-            raise RuntimeError(
-                f"The query strategy returned {len(idx)} indices ({int(np.isin(idx, self.labelled_).sum())} already "
-                f"labelled); expected {n_instances} unlabelled ones."
-            )
+        candidates = np.setdiff1d(np.arange(n_pool), self.labelled_, assume_unique=True)
+        who = f"The query strategy {getattr(self.query_strategy, '__name__', repr(self.query_strategy))}"
+        idx = check_selection(idx, n_instances, candidates, n_pool, who=who)
         if self.X_pool is None and self.store is None:
             self._pool = X_pool
         return idx, rows
@@ -230,9 +209,7 @@ class PatchActiveLearner(BaseLearner):
         if len(pool) == 0:
             raise ValueError("X_pool is empty; expected the pool the indices refer to.")
         self._check_pool_size(len(pool))
-        if self._pool is None:
-            self._pool = pool
-        idx = _as_index_array(indices, len(pool), "indices")
+        idx = check_indices(indices, len(pool), "indices")
         again = idx[np.isin(idx, self.labelled_)]
         if again.size:
             raise ValueError(f"Pool rows {again[:5].tolist()} are already labelled; teach each row once.")
@@ -244,15 +221,36 @@ class PatchActiveLearner(BaseLearner):
             y_new = np.asarray(y)
             if len(y_new) != len(idx):
                 raise ValueError(f"y has {len(y_new)} rows for {len(idx)} indices; expected one label per index.")
-        labelled = np.concatenate([self.labelled_, idx])
-        order = np.argsort(labelled, kind="stable")
-        y_all = y_new if self.y_labelled_ is None else np.concatenate([self.y_labelled_, y_new])
-        self.labelled_, self.y_labelled_ = labelled[order], y_all[order]
-        self._reveal(idx)
-        self._invalidate()
-        # A sorted index list keeps memmap / HDF5 reads sequential; only the labelled rows are copied.
-        self._fit_estimator(np.asarray(pool[self.labelled_]), self.y_labelled_, warm=self.warm_start, **fit_kwargs)
+        self._check_some_labels(idx, y_new, given=y is not None)
+        # Nothing is recorded until the fit has accepted the labels: a refused teach (bad label
+        # values, a failed fit, an interrupt) leaves the learner exactly as it was.
+        snapshot = (self.labelled_, self.y_labelled_, None if self.revealed_ is None else self.revealed_.copy(),
+                    self._pool)
+        try:
+            if self._pool is None:
+                self._pool = pool
+            labelled = np.concatenate([self.labelled_, idx])
+            order = np.argsort(labelled, kind="stable")
+            y_all = y_new if self.y_labelled_ is None else np.concatenate([self.y_labelled_, y_new])
+            self.labelled_, self.y_labelled_ = labelled[order], y_all[order]
+            self._reveal(idx)
+            self._invalidate()
+            # A sorted index list keeps memmap / HDF5 reads sequential; only the labelled rows are copied.
+            self._fit_estimator(np.asarray(pool[self.labelled_]), self.y_labelled_, warm=self.warm_start, **fit_kwargs)
+        except BaseException:
+            self.labelled_, self.y_labelled_, self.revealed_, self._pool = snapshot
+            raise
         return self
+
+    def _check_some_labels(self, idx: np.ndarray, y_new: np.ndarray, *, given: bool) -> None:
+        ignore = getattr(self.estimator, "ignore_index", 255)
+        if y_new.size and np.issubdtype(y_new.dtype, np.integer) and bool(np.all(y_new == ignore)):
+            source = "y" if given else "the pool's labels (labels= / the store)"
+            raise ValueError(
+                f"Every pixel of {source} for pool rows {idx[:5].tolist()} is {ignore} (unlabelled), so teach would "
+                f"count their cost and train on nothing. Pass their annotations as y=..., of shape "
+                f"({len(idx)}, l, l) with class labels (0, 1, ...) where annotated and {ignore} elsewhere."
+            )
 
     def _reveal(self, idx: np.ndarray) -> None:
         if self.revealed_ is None:

@@ -370,6 +370,42 @@ def _learner_rng(learner) -> np.random.Generator:
     return np.random.default_rng(getattr(learner, "random_state", None))
 
 
+def check_strategy_params(name: str, params: dict) -> None:
+    """Refuse parameters that the strategy ``name`` does not take, and unknown criterion names.
+
+    Checked when a strategy is composed (not at its first query, after a round of training): a
+    misspelt keyword raises ``TypeError`` with close matches; a parameter whose default names a
+    registered criterion (``uncertainty="iu"``) must name a registered criterion (or be a callable).
+    """
+    import inspect
+
+    signature = inspect.signature(strategy_info(name).func)
+    accepted = {
+        p.name: p for p in list(signature.parameters.values())[4:]
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = [key for key in params if key not in accepted and not takes_any]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.6)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(
+            f"Strategy {name!r} got unknown parameter(s) {', '.join(hints)}. It accepts: "
+            f"{', '.join(accepted) or 'no parameters'}."
+        )
+    for key, value in params.items():
+        default = accepted[key].default if key in accepted else None
+        if isinstance(default, str) and default in _CRITERIA and not callable(value):
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"The {key!r} parameter of strategy {name!r} names a criterion: a registered name or a "
+                    f"callable. Got {value!r} instead."
+                )
+            criterion_info(value)
+
+
 def query_strategy(name: str, *, random_state=None, **params) -> Callable:
     """A modAL (0.4.1) query strategy running the registered strategy ``name``.
 
@@ -395,6 +431,7 @@ def query_strategy(name: str, *, random_state=None, **params) -> Callable:
     callable
     """
     info = strategy_info(name)
+    check_strategy_params(name, params)
     own_rng = None if random_state is None else np.random.default_rng(random_state)
 
     def strategy(learner, X_pool, n_instances: int = 1, **kw) -> np.ndarray:

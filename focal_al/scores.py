@@ -8,6 +8,12 @@ from typing import Mapping
 import numpy as np
 
 
+def _read_only(array) -> np.ndarray:
+    view = np.asarray(array).view()
+    view.flags.writeable = False
+    return view
+
+
 @dataclass(frozen=True)
 class PoolScores:
     """What one pass of the network over a pool yields, per sample (patch or whole image).
@@ -53,7 +59,11 @@ class PoolScores:
             raise ValueError(
                 f"PoolScores.descriptors must be 2-D (n_samples, d). Got shape {np.shape(self.descriptors)}."
             )
-        object.__setattr__(self, "extras", MappingProxyType(dict(self.extras)))
+        # Criteria share these arrays within a round: read-only views make an in-place edit by one
+        # criterion an error instead of a silent change of what every later criterion reads.
+        for name in ("entropy", "margin", "least_confidence", "descriptors"):
+            object.__setattr__(self, name, _read_only(getattr(self, name)))
+        object.__setattr__(self, "extras", MappingProxyType({k: _read_only(v) for k, v in self.extras.items()}))
 
     def __len__(self) -> int:
         return len(self.entropy)

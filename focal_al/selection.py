@@ -11,12 +11,15 @@ import numpy as np
 
 __all__ = [
     "check_n_instances",
+    "check_indices",
+    "check_selection",
     "top_rank",
     "sorted_descriptors",
     "mean_sq_sorted_distance",
     "mean_sorted_distance",
     "kmeans",
     "nearest_centroid",
+    "member_means",
     "allocate_quotas",
     "cluster_importance",
     "evaluate_criterion",
@@ -40,6 +43,72 @@ def check_n_instances(n_instances, n_candidates: int, *, what: str = "candidates
             f"Got {n_instances} instead."
         )
     return int(n_instances)
+
+
+def check_indices(indices, n_pool: int, what: str) -> np.ndarray:
+    """Validate pool indices: a non-empty 1-D integer array in ``[0, n_pool)`` without duplicates.
+
+    Parameters
+    ----------
+    indices : array-like of int
+    n_pool : int
+        Number of pool rows.
+    what : str
+        How error messages name ``indices`` (e.g. "The strategy's selection").
+
+    Returns
+    -------
+    ndarray of intp of shape (n,)
+    """
+    idx = np.asarray(indices)
+    if idx.ndim == 0:
+        idx = idx.reshape(1)
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise TypeError(
+            f"{what} must be a 1-D array of integer pool indices. Got {np.array2string(idx, threshold=8)} "
+            f"(dtype {idx.dtype}) instead."
+        )
+    idx = idx.astype(np.intp)
+    if idx.size == 0:
+        raise ValueError(f"{what} is empty; expected at least one pool index.")
+    out_of_range = idx[(idx < 0) | (idx >= n_pool)]
+    if out_of_range.size:
+        raise IndexError(f"{what} must lie in [0, {n_pool}) (the pool size). Got {out_of_range[:5].tolist()}.")
+    values, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"{what} contains duplicates: {values[counts > 1][:5].tolist()}.")
+    return idx
+
+
+def check_selection(selection, n_instances: int, candidates, n_pool: int, *, who: str = "The query strategy") -> np.ndarray:
+    """Validate what a strategy returned: exactly ``n_instances`` unique pool indices from ``candidates``.
+
+    Every caller of a strategy (the learner's ``query``, hence the bench) runs this, so a strategy
+    that returns nothing, duplicates, floats or labelled rows fails at once with its name, instead
+    of looping or corrupting the labelled set.
+
+    Parameters
+    ----------
+    selection : array-like of int
+    n_instances : int
+    candidates : ndarray of int
+        Pool indices the strategy could choose from (the unlabelled rows).
+    n_pool : int
+    who : str
+        How error messages name the strategy.
+
+    Returns
+    -------
+    ndarray of intp of shape (n_instances,)
+    """
+    idx = check_indices(selection, n_pool, f"{who}'s selection")
+    outside = idx[~np.isin(idx, candidates)]
+    if len(idx) != n_instances or outside.size:
+        raise RuntimeError(
+            f"{who} returned {len(idx)} indices ({outside.size} not among the candidates, e.g. already "
+            f"labelled: {outside[:5].tolist()}); expected {n_instances} unlabelled ones."
+        )
+    return idx
 
 
 def top_rank(values, n: int) -> np.ndarray:
@@ -210,8 +279,37 @@ def kmeans(descriptors, k: int, *, rng: np.random.Generator, n_init: int = 3, ba
     # oversubscribed threads made the fit 10-20x slower (measured, benchmarks/bench_query.py).
     with threadpool_limits(limits=1):
         model.fit(x)
-    centroids = model.cluster_centers_
-    return nearest_centroid(x, centroids), centroids
+    labels = nearest_centroid(x, model.cluster_centers_)
+    return labels, member_means(x, labels, model.cluster_centers_)
+
+
+def member_means(x, labels, fallback) -> np.ndarray:
+    """The mean of each cluster's members: the centroids of Eqs. 6-7 after the final assignment.
+
+    MiniBatchKMeans's centres are running averages over mini-batches; with poorly separated
+    clusters they differ from the means of the rows finally assigned to them (cluster importance up
+    to 5 % off). CU and CD are defined on the member means, so those are what :func:`kmeans`
+    returns. A cluster left without members keeps its ``fallback`` centre.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+    labels : ndarray of int of shape (n,)
+    fallback : ndarray of shape (k, d)
+
+    Returns
+    -------
+    ndarray of float64 of shape (k, d)
+    """
+    k = len(fallback)
+    counts = np.bincount(labels, minlength=k)
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    for start in range(0, len(x), 65536):  # chunked: no float64 copy of a pool of millions of rows
+        one_hot = labels[start:start + 65536][None, :] == np.arange(k)[:, None]
+        sums += one_hot.astype(np.float64) @ np.asarray(x[start:start + 65536], dtype=np.float64)
+    means = np.asarray(fallback, dtype=np.float64).copy()
+    means[counts > 0] = sums[counts > 0] / counts[counts > 0, None]
+    return means
 
 
 def nearest_centroid(x, centroids, *, chunk: int = 65536) -> np.ndarray:
@@ -304,6 +402,17 @@ def _resolve(criterion) -> Callable:
     return criterion
 
 
+def _as_scores(values, who: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        found = np.asarray(values).dtype if not isinstance(values, np.ndarray) else values.dtype
+        raise ValueError(
+            f"{who} must return numbers (a float array, higher = ask first). Got values of dtype {found} "
+            f"that are not numbers: {err}."
+        ) from err
+
+
 def evaluate_criterion(criterion, scores, candidates, rng) -> np.ndarray:
     """Run an instance criterion on ``candidates`` and check its output.
 
@@ -320,7 +429,7 @@ def evaluate_criterion(criterion, scores, candidates, rng) -> np.ndarray:
     ndarray of float64 of shape (m,)
     """
     func = _resolve(criterion)
-    values = np.asarray(func(scores, candidates, rng), dtype=np.float64)
+    values = _as_scores(func(scores, candidates, rng), f"Criterion {_label(criterion)!r}")
     if values.shape != (len(candidates),):
         raise ValueError(
             f"Criterion {_label(criterion)!r} returned shape {values.shape}; expected ({len(candidates)},), "
@@ -338,7 +447,7 @@ def evaluate_criterion(criterion, scores, candidates, rng) -> np.ndarray:
 def _cluster_values(criterion, descriptors, labels, centroids) -> np.ndarray:
     func = _resolve(criterion)
     k = len(centroids)
-    values = np.asarray(func(descriptors, labels, centroids), dtype=np.float64)
+    values = _as_scores(func(descriptors, labels, centroids), f"Cluster criterion {_label(criterion)!r}")
     if values.shape != (k,):
         raise ValueError(f"Cluster criterion {_label(criterion)!r} returned shape {values.shape}; expected ({k},).")
     if not np.all(np.isfinite(values)) or np.any(values < 0):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Sized
 from pathlib import Path
 
@@ -367,6 +368,14 @@ class PatchStore:
                         f"{caller} got {n_written} images but {len(names)} names; they must match."
                     )
                 writer.finish(names)
+                if writer.label_values == {0, 255}:
+                    warnings.warn(
+                        f"The labels passed to {caller} for '{path}' hold only the values 0 and 255, but 255 "
+                        "marks unlabelled pixels: no foreground will ever be trained. If these are 0/255 "
+                        "binary masks, pass (mask > 0).astype(np.uint8) (load_folder does this for you).",
+                        UserWarning,
+                        stacklevel=2,
+                    )
                 f.attrs["stride"] = writer.stride
                 f.attrs["n_channels"] = writer.n_channels
                 f.flush()
@@ -418,6 +427,7 @@ class _PatchWriter:
         self.overlap = overlap
         self.allow_padding = allow_padding
         self.caller = caller
+        self.label_values = set()
         self.n_channels = None
         self.stride = _stride(patch_size, overlap, caller)
         self.n = 0
@@ -472,6 +482,7 @@ class _PatchWriter:
         if self.n_channels is None:
             self.n_channels = image.shape[2]
         label = _as_labels(label, i, image.shape[:2])
+        self.label_values.update(np.unique(label).tolist())
         grid = _grid(image.shape[:2], self.patch_size, self.overlap, self.allow_padding, self.caller)
         l = self.patch_size
         # Channels first once for the whole image, so each patch is a plain strided copy.

@@ -80,6 +80,9 @@ def _candidate_rows(array, candidates):
 
 def _clustered(scores, n, candidates, rng, *, k, candidate_ratio, uncertainty, diversity, importance_of):
     x = _candidate_rows(scores.descriptors, candidates)
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > len(candidates):
+        # Near the end of a pool fewer candidates than clusters remain: each is its own cluster.
+        k = len(candidates)
     labels, centroids = kmeans(x, k, rng=rng)
     importance = importance_of(x, labels, centroids)
     return double_ranking(

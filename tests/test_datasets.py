@@ -169,7 +169,7 @@ def test_load_folder_errors_name_what_is_wrong(tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()
-    with pytest.raises(FileNotFoundError, match=r"No images \(.png, .bmp, .tif, .tiff\) in '.*images'"):
+    with pytest.raises(FileNotFoundError, match=r"No images \(.png, .bmp, .tif, .tiff, .jpg\) in '.*images'"):
         load_folder(images, masks)
     with pytest.raises(FileNotFoundError, match="masks directory '.*nowhere' does not exist"):
         load_folder(images, tmp_path / "nowhere")

@@ -65,8 +65,13 @@ def test_iu_and_iu_id():
 def test_focannot_errors_and_parameters():
     scores = make_scores(n=12)
     focannot = get_strategy("focannot")
-    with pytest.raises(ValueError, match="'k' parameter \\(5 clusters\\).*number of candidates \\(4\\)"):
-        focannot(scores, 2, np.arange(4), np.random.default_rng(0), k=5)
+    # Fewer candidates than clusters (the end of a pool): each candidate is its own cluster.
+    for name in ("focannot", "cluster-equal"):
+        for n in (1, 2, 4):
+            chosen = get_strategy(name)(scores, n, np.arange(4), np.random.default_rng(0), k=5)
+            assert len(set(chosen.tolist())) == n and set(chosen.tolist()) <= set(range(4))
+    with pytest.raises(ValueError, match="'k' parameter \\(number of clusters\\) must be an int >= 1"):
+        focannot(scores, 2, np.arange(4), np.random.default_rng(0), k=0)
     bad = make_scores(n=12, entropy=np.where(np.arange(12) == 3, np.nan, 0.5))
     with pytest.raises(ValueError, match="Criterion 'iu' produced 1 non-finite"):
         focannot(bad, 2, np.arange(12), np.random.default_rng(0), k=2)

@@ -65,7 +65,9 @@ class BenchConfig:
     Costs (``budget``, ``step``) are fractions of all training pixels; with ``step_unit="patches"``
     a round queries ``step`` of the patches instead (the paper's T; see ``queries_per_round``).
     ``scoring="images"`` pools the per-patch scores from whole-image maps (faster, approximate;
-    the default ``"patches"`` scores every candidate patch exactly). ``train_steps`` gradient
+    the default ``"patches"`` scores every candidate patch exactly). ``threads`` is torch's CPU
+    thread count (results depend on it through floating-point reduction order, so it is recorded
+    with every round). ``train_steps`` gradient
     steps of ``batch_size`` patches are taken per round, from the weights of the previous round
     (warm start: the weights and the optimizer's state carry over from round to round).
     """
@@ -76,6 +78,7 @@ class BenchConfig:
     split: str = "mixed"
     images_dir: str | None = None
     masks_dir: str | None = None
+    mask_suffix: str = ""
     test_fraction: float = 0.2
     n_images: int = 24
     image_size: int = 160
@@ -99,6 +102,7 @@ class BenchConfig:
     strategies: tuple = ("random-patch", "1-image-iu", "4-iu", "7-focannot")
     seeds: tuple = (0,)
     device: str = "auto"
+    threads: int | None = None
     out_dir: str = "bench-out"
 
     def replace(self, **changes: Any) -> "BenchConfig":
@@ -154,6 +158,7 @@ class BenchConfig:
         check(self.batch_size >= 1, "batch_size", "at least 1")
         check(self.lr > 0, "lr", "positive")
         check(self.sa_ensemble >= 2, "sa_ensemble", "at least 2")
+        check(self.threads is None or self.threads >= 1, "threads", "at least 1 (or None: torch's choice)")
         check(len(self.seeds) >= 1, "seeds", "at least one seed")
         check(len(self.strategies) >= 1, "strategies", "at least one strategy")
         if self.dataset == "folder":

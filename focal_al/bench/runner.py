@@ -17,6 +17,7 @@ import os
 import platform
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -78,7 +79,8 @@ def load_data(config: BenchConfig):
         else:
             train, test = datasets.load_glas(root, "train"), datasets.load_glas(root, config.split)
     else:
-        train, test = _split(datasets.load_folder(config.images_dir, config.masks_dir), config.test_fraction)
+        folder = datasets.load_folder(config.images_dir, config.masks_dir, mask_suffix=config.mask_suffix)
+        train, test = _split(folder, config.test_fraction)
     if config.scale != 1.0:
         train, test = train.rescale(config.scale), test.rescale(config.scale)
     return train, test
@@ -97,12 +99,32 @@ def prepare_data(config: BenchConfig, out_dir: Path) -> BenchData:
     train, test = load_data(config)
     path = out_dir / "cache" / f"train-l{config.patch_size}-o{config.overlap:g}-{_store_key(config, train)}.h5"
     path.parent.mkdir(parents=True, exist_ok=True)
+    store = None
     if path.exists():
-        store = PatchStore(path)
-    else:
+        try:
+            store = PatchStore(path)
+        except (ValueError, OSError) as err:  # truncated or damaged: it is only a cache, rebuild it
+            warnings.warn(f"Rebuilding the damaged patch cache {path}: {err}", UserWarning, stacklevel=2)
+    if store is None:
         store = PatchStore.from_dataset(path, train, patch_size=config.patch_size, overlap=config.overlap,
-                                        allow_padding=True)
+                                        allow_padding=True, overwrite=True)
     return BenchData(train=train, test=test, store=store)
+
+
+def describe_data(data: BenchData, config: BenchConfig) -> str:
+    """One paragraph on what the bench read: images, sizes, objects per mask, patches."""
+    def sizes(dataset):
+        shapes = sorted({im.shape[:2] for im in dataset.images})
+        text = "x".join(map(str, shapes[0]))
+        return text if len(shapes) == 1 else f"{text} to {'x'.join(map(str, shapes[-1]))}"
+
+    def objects(dataset):
+        counts = [len(np.unique(m[m > 0])) for m in dataset.masks]
+        return f"{min(counts)}-{max(counts)} objects per mask (median {int(np.median(counts))})"
+
+    return (f"Read {len(data.train)} training images ({sizes(data.train)} px after scale {config.scale:g}, "
+            f"{objects(data.train)}; {len(data.store)} patches of {config.patch_size} px) and "
+            f"{len(data.test)} test images ({sizes(data.test)} px, {objects(data.test)}).")
 
 
 # ----------------------------------------------------------------------------------- protocol
@@ -254,6 +276,35 @@ def load_checkpoint(net, path: Path) -> None:
     net.optimizer_.load_state_dict(checkpoint["optimizer"])
 
 
+#: The committed run state's keys and their JSON types.
+STATE_SCHEMA = {
+    "version": int, "strategy": str, "seed": int, "round": int, "protocol": dict, "labelled_patches": list,
+    "labelled_images": list, "revealed": dict, "records": list, "queries": list, "weights": str,
+    "complete": bool, "exhausted": bool,
+}
+
+
+def _state_problem(state) -> str | None:
+    """What is wrong with a loaded ``state.json`` (None when it is well formed)."""
+    if not isinstance(state, dict):
+        return f"expected a JSON object, found a JSON {type(state).__name__}"
+    if state.get("version") != STATE_VERSION:
+        return f"state version {state.get('version')!r}, expected {STATE_VERSION}"
+    missing = [k for k in STATE_SCHEMA if k not in state]
+    if missing:
+        return f"missing keys {missing}"
+    wrong = [f"{k} ({type(state[k]).__name__}, expected {t.__name__})" for k, t in STATE_SCHEMA.items()
+             if not isinstance(state[k], t) or (t is int and isinstance(state[k], bool))]
+    if wrong:
+        return f"wrong types: {', '.join(wrong)}"
+    for key in ("labelled_patches", "labelled_images"):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in state[key]):
+            return f"{key} must hold non-negative integers"
+    if not state["records"]:
+        return "no round records"
+    return None
+
+
 class RunState:
     """A run's resumable state, committed as one JSON file after each round."""
 
@@ -268,8 +319,10 @@ class RunState:
             state = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"Cannot read the run state {self.path}: {err}. Delete the run folder to restart it.")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"{self.path} has state version {state.get('version')!r}; expected {STATE_VERSION}.")
+        problem = _state_problem(state)
+        if problem:
+            raise ValueError(f"The run state {self.path} is invalid: {problem}. Delete the folder {self.run_dir} "
+                             "to restart this run (its records are lost) or restore the file.")
         return state
 
     def commit(self, state: dict, net, round_: int) -> None:
@@ -316,6 +369,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     """Run (or continue) one strategy under one seed to the budget; returns its round records."""
     from focal_al.cost import RevealedPixels
     from focal_al.registry import get_strategy, strategy_info
+    from focal_al.selection import check_selection
 
     level = strategy_info(spec.strategy).kind
     select = get_strategy(spec.strategy)
@@ -344,9 +398,17 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         _kill_point("trained", 0)
         query_seconds = 0.0
     else:
-        revealed = RevealedPixels.from_dict(state["revealed"])
+        try:
+            revealed = RevealedPixels.from_dict(state["revealed"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"The run state {run_state.path} has damaged revealed pixels ({err}). Delete the "
+                             f"folder {run_dir} to restart this run.") from err
         labelled = np.asarray(state["labelled_patches"], dtype=np.intp)
         labelled_images = np.asarray(state["labelled_images"], dtype=np.intp)
+        if (labelled.size and labelled.max() >= n_patches) or (labelled_images.size and labelled_images.max() >= n_images) \
+                or [tuple(s) for s in revealed.image_shapes] != [tuple(int(v) for v in s) for s in store.image_shapes]:
+            raise ValueError(f"The run state {run_state.path} does not fit this pool ({n_patches} patches, {n_images} "
+                             f"images): it was written for other data. Delete the folder {run_dir} to restart this run.")
         records, queries = state["records"], state["queries"]
         round_ = state["round"]
         net.initialize()
@@ -365,7 +427,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
                 "cu": cu_cd[0] if round_ and level == "patch" else None,
                 "cd": cu_cd[1] if round_ and level == "patch" else None,
                 "train_seconds": train_seconds, "query_seconds": query_seconds,
-                "eval_seconds": time.perf_counter() - start,
+                "eval_seconds": time.perf_counter() - start, "threads": _torch_threads(),
             })
             state = {
                 "version": STATE_VERSION, "strategy": spec.key, "seed": seed, "round": round_,
@@ -394,8 +456,10 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
                                                     store.patch_size)
             else:
                 scores = net.score_pool(store.patches[candidates])
-            chosen = candidates[select(scores, min(per_round, len(candidates)), np.arange(len(candidates)), rng,
-                                       **_strategy_params(config, spec))]
+            n_query = min(per_round, len(candidates))
+            positions = select(scores, n_query, np.arange(len(candidates)), rng, **_strategy_params(config, spec))
+            chosen = candidates[check_selection(positions, n_query, np.arange(len(candidates)), len(candidates),
+                                                who=f"Strategy {spec.strategy!r}")]
             cu_cd = _cluster_criteria(config, scores.descriptors, seed, round_)
             revealed.reveal_patches(image_index[chosen], store.coords[chosen], store.patch_size)
             labelled = np.union1d(labelled, chosen)
@@ -407,7 +471,9 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
                 scores = _sa_scores(config, net, store, labelled, train.images, seed, round_)
             else:
                 scores = net.score_images(train.images)
-            chosen = select(scores, min(per_round, len(candidates)), candidates, rng, **_strategy_params(config, spec))
+            n_query = min(per_round, len(candidates))
+            chosen = check_selection(select(scores, n_query, candidates, rng, **_strategy_params(config, spec)),
+                                     n_query, candidates, n_images, who=f"Strategy {spec.strategy!r}")
             cu_cd = (None, None)
             revealed.reveal_images(chosen)
             labelled_images = np.union1d(labelled_images, chosen)
@@ -417,6 +483,12 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         queries.append({"round": round_, "level": level, "items": items})
         train_seconds = train_round(net, store, labelled, config.train_steps, rseed)
         _kill_point("trained", round_)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def _strategy_params(config: BenchConfig, spec: BenchStrategy) -> dict:
@@ -478,6 +550,33 @@ def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, see
     return result
 
 
+def check_protocol_fits(config: BenchConfig, data: BenchData, specs: list[BenchStrategy]) -> None:
+    """Refuse, before anything is written, a protocol that the data cannot run; warn on a thin test set."""
+    from focal_al.cost import RevealedPixels
+    from focal_al.registry import strategy_info
+
+    if len(data.test) < 2:
+        warnings.warn(f"The test set has {len(data.test)} image: every Dice is one image's score. Use a larger "
+                      "--test-fraction or more images for curves worth comparing.", UserWarning, stacklevel=2)
+    image_index = np.asarray(data.store.image_index)
+    clustered = [s.key for s in specs if strategy_info(s.strategy).kind == "patch" and "k" in _strategy_params(config, s)]
+    for seed in config.seeds:
+        init = initial_images(data.store.image_shapes, config.step, seed)
+        cost = RevealedPixels(data.store.image_shapes).reveal_images(init).cost
+        if cost >= config.budget - 1e-12:
+            raise ValueError(
+                f"The initial labelled set of seed {seed} ({len(init)} whole images) already covers {100 * cost:.1f} % of "
+                f"the training pixels, at or above --budget {100 * config.budget:g} %: no query round would run. "
+                f"Raise --budget, or use more (or smaller) training images."
+            )
+        n_candidates = int(np.sum(~np.isin(image_index, init)))
+        if clustered and config.clusters > n_candidates:
+            raise ValueError(
+                f"--clusters {config.clusters} exceeds the {n_candidates} unlabelled patches left after the initial set "
+                f"of seed {seed} (strategies {clustered}); lower --clusters or use a larger pool."
+            )
+
+
 def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
               with_full_supervision: bool = True) -> Path:
     """Run every strategy under every seed of ``config`` into ``config.out_dir``; write the report.
@@ -495,8 +594,8 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     report = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     data = prepare_data(config, out_dir)
-    report(f"{len(data.train)} training images ({len(data.store)} patches of {config.patch_size}px), "
-           f"{len(data.test)} test images; {len(specs)} strategies x {len(config.seeds)} seeds")
+    report(describe_data(data, config) + f" {len(specs)} strategies x {len(config.seeds)} seeds.")
+    check_protocol_fits(config, data, specs)
     atomic_write_json(out_dir / "config.json", {**config.to_dict(), "versions": _versions()})
     if with_full_supervision:
         full_supervision(config, data, out_dir, report=report)
