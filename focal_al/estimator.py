@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from focal_al.nets import EDConvNet
 from focal_al.scores import PoolScores
+from focal_al.training import SCHEDULES, learning_rate, steps_for
 
 __all__ = ["SegmentationNet", "softmax_channels"]
 
@@ -113,7 +114,22 @@ class SegmentationNet(NeuralNet):
     steps_per_epoch : int or None, default=None
         If set, each epoch draws exactly this many batches, sampling patches with replacement, so
         that active-learning rounds train for equal gradient steps whatever the labelled-set size.
-        If None, an epoch is one shuffled pass over the training set.
+        If None (and ``passes_per_epoch`` is None), an epoch is one shuffled pass over the
+        training set.
+    passes_per_epoch : float or None, default=None
+        If set, each epoch draws batches (with replacement) covering this many passes over the
+        training set, clipped to ``[min_steps_per_epoch, max_steps_per_epoch]``: steps grow with
+        the labelled set, with a floor for small sets and a cap on a round's time. Excludes
+        ``steps_per_epoch``.
+    min_steps_per_epoch : int, default=1
+    max_steps_per_epoch : int or None, default=None
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        Learning rate within each ``fit`` / ``partial_fit`` call: ``"cosine"`` warms up linearly
+        over ``lr_warmup`` of the call's steps, then decays along a half cosine to
+        ``lr_final * lr``, so every call (every active-learning round) ends at a low rate
+        (``focal_al.training.learning_rate``). ``"constant"``: ``lr`` throughout.
+    lr_warmup : float, default=0.05
+    lr_final : float, default=0.01
     random_state : int, numpy Generator or None, default=None
         Seeds the weight initialisation, the batch order and the augmentation. With an int, the
         same calls give the same weights and predictions on CPU. Global RNG state is not touched.
@@ -165,6 +181,12 @@ class SegmentationNet(NeuralNet):
         augment=True,
         color_jitter=0.0,
         steps_per_epoch=None,
+        passes_per_epoch=None,
+        min_steps_per_epoch=1,
+        max_steps_per_epoch=None,
+        lr_schedule="cosine",
+        lr_warmup=0.05,
+        lr_final=0.01,
         random_state=None,
         device="auto",
         mixed_precision=True,
@@ -191,6 +213,12 @@ class SegmentationNet(NeuralNet):
         self.augment = augment
         self.color_jitter = color_jitter
         self.steps_per_epoch = steps_per_epoch
+        self.passes_per_epoch = passes_per_epoch
+        self.min_steps_per_epoch = min_steps_per_epoch
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.lr_schedule = lr_schedule
+        self.lr_warmup = lr_warmup
+        self.lr_final = lr_final
         self.random_state = random_state
         self.mixed_precision = mixed_precision
 
@@ -205,6 +233,21 @@ class SegmentationNet(NeuralNet):
         spe = self.steps_per_epoch
         if spe is not None and (isinstance(spe, bool) or not isinstance(spe, (int, np.integer)) or spe < 1):
             problems.append(f"'steps_per_epoch' must be None or an int >= 1. Got {spe!r} instead.")
+        if self.passes_per_epoch is not None:
+            if spe is not None:
+                problems.append("'passes_per_epoch' and 'steps_per_epoch' exclude each other; set one of them to None.")
+            try:
+                steps_for(1, 1, epochs=self.passes_per_epoch, min_steps=self.min_steps_per_epoch,
+                          max_steps=self.max_steps_per_epoch)
+            except ValueError as err:
+                problems.append(str(err).replace("'epochs'", "'passes_per_epoch'").replace(
+                    "'min_steps'", "'min_steps_per_epoch'").replace("'max_steps'", "'max_steps_per_epoch'"))
+        if self.lr_schedule not in SCHEDULES:
+            problems.append(f"'lr_schedule' must be one of {SCHEDULES}. Got {self.lr_schedule!r} instead.")
+        if not isinstance(self.lr_warmup, (int, float)) or not 0 <= self.lr_warmup < 1:
+            problems.append(f"'lr_warmup' must be a float in [0, 1). Got {self.lr_warmup!r} instead.")
+        if not isinstance(self.lr_final, (int, float)) or not 0 <= self.lr_final <= 1:
+            problems.append(f"'lr_final' must be a float in [0, 1]. Got {self.lr_final!r} instead.")
         if problems:
             raise ValueError("Invalid parameters of SegmentationNet: " + " ".join(problems))
 
@@ -411,9 +454,10 @@ class SegmentationNet(NeuralNet):
         kwargs.setdefault("batch_size", self.batch_size)
         if kwargs["batch_size"] == -1:
             kwargs["batch_size"] = len(dataset)
+        steps = self.epoch_steps(len(dataset), kwargs["batch_size"])
         if (
             "drop_last" not in kwargs
-            and self.steps_per_epoch is None
+            and steps is None
             and len(dataset) > 1
             and len(dataset) % kwargs["batch_size"] == 1
         ):
@@ -422,16 +466,25 @@ class SegmentationNet(NeuralNet):
             kwargs["drop_last"] = True
         if "sampler" not in kwargs and "batch_sampler" not in kwargs:
             shuffle = kwargs.pop("shuffle", False)
-            if self.steps_per_epoch is not None:
+            if steps is not None:
                 kwargs["sampler"] = RandomSampler(
                     dataset,
                     replacement=True,
-                    num_samples=int(self.steps_per_epoch) * kwargs["batch_size"],
+                    num_samples=steps * kwargs["batch_size"],
                     generator=self.torch_generator_,
                 )
             elif shuffle:
                 kwargs["sampler"] = RandomSampler(dataset, generator=self.torch_generator_)
         return self.iterator_train(dataset, **kwargs)
+
+    def epoch_steps(self, n_samples: int, batch_size: int | None = None) -> int | None:
+        """Batches one training epoch draws for ``n_samples`` (None: one shuffled pass)."""
+        if self.steps_per_epoch is not None:
+            return int(self.steps_per_epoch)
+        if self.passes_per_epoch is None:
+            return None
+        return steps_for(int(n_samples), int(batch_size or self.batch_size), epochs=self.passes_per_epoch,
+                         min_steps=self.min_steps_per_epoch, max_steps=self.max_steps_per_epoch)
 
     def _to_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device_, non_blocking=True)
@@ -500,6 +553,26 @@ class SegmentationNet(NeuralNet):
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
         loss.backward()
         return {"loss": loss, "y_pred": y_pred}
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop, with the learning-rate schedule laid over this call's steps."""
+        n_epochs = self.max_epochs if epochs is None else epochs
+        n = len(X) if hasattr(X, "__len__") else 1  # anything else is refused by skorch's check_data
+        batch = n if self.batch_size == -1 else self.batch_size
+        per_epoch = self.epoch_steps(n, batch)
+        if per_epoch is None:
+            per_epoch = max(1, n // batch if (n > 1 and n % batch == 1) else -(-n // batch))
+        self.lr_step_, self.lr_total_ = 0, int(n_epochs) * per_epoch
+        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+
+    def train_step(self, batch, **fit_params):
+        """One optimiser step at the scheduled learning rate (``focal_al.training.learning_rate``)."""
+        lr = learning_rate(getattr(self, "lr_step_", 0), getattr(self, "lr_total_", 1), self.lr,
+                           schedule=self.lr_schedule, warmup=self.lr_warmup, final=self.lr_final)
+        for group in self.optimizer_.param_groups:
+            group["lr"] = lr
+        self.lr_step_ = getattr(self, "lr_step_", 0) + 1
+        return super().train_step(batch, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Criterion on the logits; 0 (with a graph) for a batch whose pixels are all ignored."""
