@@ -411,9 +411,11 @@ def query_strategy(name: str, *, random_state=None, **params) -> Callable:
 
     The returned callable is ``strategy(learner, X_pool, n_instances=1, **kw) -> ndarray of int``
     (indices only: modAL 0.4.1's ``BaseLearner.query`` adds the rows itself). It reads the pool
-    scores from ``learner.pool_scores(X_pool)`` when the learner has it (``PatchActiveLearner``
-    caches one network pass per round), else from ``learner.estimator.score_pool(X_pool)``. The
-    candidates are all pool rows except ``learner.labelled_`` when the learner has that attribute.
+    scores of the unlabelled rows from ``learner.candidate_scores(X_pool)`` when the learner has it
+    (``PatchActiveLearner`` caches one network pass per round, over the unlabelled rows only), else
+    from ``learner.pool_scores(X_pool)`` or ``learner.estimator.score_pool(X_pool)`` with the
+    candidates all pool rows except ``learner.labelled_``. What the strategy returns is checked
+    (``selection.check_selection``) before it is mapped back to pool indices.
 
     Parameters
     ----------
@@ -430,6 +432,8 @@ def query_strategy(name: str, *, random_state=None, **params) -> Callable:
     -------
     callable
     """
+    from focal_al.selection import check_selection
+
     info = strategy_info(name)
     check_strategy_params(name, params)
     own_rng = None if random_state is None else np.random.default_rng(random_state)
@@ -438,6 +442,14 @@ def query_strategy(name: str, *, random_state=None, **params) -> Callable:
         n_pool = len(X_pool)
         if n_pool == 0:
             raise ValueError(f"The pool is empty: strategy {name!r} needs at least one row in X_pool.")
+        rng = own_rng if own_rng is not None else _learner_rng(learner)
+        if hasattr(learner, "candidate_scores"):
+            # Scores of the unlabelled rows only; the strategy picks positions among them.
+            scores, candidates = learner.candidate_scores(X_pool)
+            positions = np.arange(len(candidates))
+            chosen = info.func(scores, n_instances, positions, rng, **{**params, **kw})
+            return candidates[check_selection(chosen, n_instances, positions, len(positions),
+                                              who=f"Strategy {name!r}")]
         if hasattr(learner, "pool_scores"):
             scores = learner.pool_scores(X_pool)
         elif hasattr(getattr(learner, "estimator", None), "score_pool"):
@@ -454,7 +466,6 @@ def query_strategy(name: str, *, random_state=None, **params) -> Callable:
         labelled = getattr(learner, "labelled_", None)
         if labelled is not None and len(labelled):
             candidates = np.setdiff1d(candidates, np.asarray(labelled, dtype=np.intp), assume_unique=True)
-        rng = own_rng if own_rng is not None else _learner_rng(learner)
         return np.asarray(info.func(scores, n_instances, candidates, rng, **{**params, **kw}), dtype=np.intp)
 
     strategy.__name__ = f"query_strategy_{name.replace('-', '_')}"

@@ -67,9 +67,15 @@ class BenchConfig:
     ``scoring="images"`` pools the per-patch scores from whole-image maps (faster, approximate;
     the default ``"patches"`` scores every candidate patch exactly). ``threads`` is torch's CPU
     thread count (results depend on it through floating-point reduction order, so it is recorded
-    with every round). ``train_steps`` gradient
-    steps of ``batch_size`` patches are taken per round, from the weights of the previous round
-    (warm start: the weights and the optimizer's state carry over from round to round).
+    with every round).
+
+    Training recipe of a round (the library's default ``SegmentationNet`` recipe, run by
+    ``PatchActiveLearner.teach``): ``epochs`` passes over the labelled patches in gradient steps of
+    ``batch_size``, at least ``train_steps`` (``initial_train_steps`` in round 0) and at most
+    ``max_train_steps``; ``epochs=None`` takes exactly ``train_steps`` per round. The learning
+    rate warms up and decays along a cosine within each round (``lr_schedule``), so each round
+    ends on a converged net. ``warm_start``: continue from the previous round's weights and
+    optimizer state (True), or retrain from scratch every round (False).
     """
 
     preset: str = "quick"
@@ -96,6 +102,10 @@ class BenchConfig:
     depth: int = 3
     train_steps: int = 60
     initial_train_steps: int = 120
+    epochs: float | None = None
+    max_train_steps: int | None = None
+    lr_schedule: str = "cosine"
+    warm_start: bool = True
     batch_size: int = 16
     lr: float = 1e-3
     sa_ensemble: int = 4
@@ -155,6 +165,10 @@ class BenchConfig:
         check(self.width >= 1 and self.depth >= 1, "width", "positive (and depth positive)")
         check(self.train_steps >= 1, "train_steps", "at least 1")
         check(self.initial_train_steps >= 1, "initial_train_steps", "at least 1")
+        check(self.epochs is None or self.epochs > 0, "epochs", "positive (or None: exactly train_steps per round)")
+        check(self.max_train_steps is None or self.max_train_steps >= max(self.train_steps, self.initial_train_steps),
+              "max_train_steps", "None or at least train_steps and initial_train_steps")
+        check(self.lr_schedule in ("cosine", "constant"), "lr_schedule", "'cosine' or 'constant'")
         check(self.batch_size >= 1, "batch_size", "at least 1")
         check(self.lr > 0, "lr", "positive")
         check(self.sa_ensemble >= 2, "sa_ensemble", "at least 2")

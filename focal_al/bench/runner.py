@@ -3,8 +3,10 @@
 One *run* is one strategy under one seed. Round 0 trains on the initial labelled set (random whole
 training images covering about one step of the training pixels, the same for every strategy under a
 seed); each later round scores the pool once, queries, reveals the ground truth of what was queried
-(cost = union of revealed pixels), trains from the previous round's weights, and evaluates on the
-whole test images. After every round the run's state (labelled set, revealed pixels, records,
+(cost = union of revealed pixels), trains, and evaluates on the whole test images. The loop itself
+is ``PatchActiveLearner``'s (query -> teach), with a simulated annotator: the store's ground truth.
+This module keeps only the protocol: seeds, the initial set, records, checkpoints, resume and
+evaluation. After every round the run's state (labelled set, revealed pixels, records,
 weights) is committed atomically, so a run killed at any moment continues with ``resume=True`` from
 its last completed round and ends exactly as an uninterrupted run: every round reseeds the network
 and the strategy from ``(seed, round)``, and the weights and the optimizer's state are saved together.
@@ -34,6 +36,7 @@ PROTOCOL_FIELDS = (
     "dataset", "data_dir", "split", "images_dir", "masks_dir", "test_fraction", "n_images", "image_size",
     "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
+    "epochs", "max_train_steps", "lr_schedule", "warm_start",
 )
 #: Test hook: ``FOCAL_AL_BENCH_KILL_AT=<point>:<round>`` SIGKILLs the process at a named point.
 KILL_ENV = "FOCAL_AL_BENCH_KILL_AT"
@@ -150,18 +153,32 @@ def make_net(config: BenchConfig, network: str, seed: int):
     from focal_al.nets import FCN, EDConvNet
 
     module = {"ed-convnet": EDConvNet, "fcn": FCN}[network]
+    if config.epochs is None:
+        steps = dict(steps_per_epoch=config.train_steps)
+    else:
+        steps = dict(passes_per_epoch=config.epochs, min_steps_per_epoch=config.train_steps,
+                     max_steps_per_epoch=config.max_train_steps)
     return SegmentationNet(
         module,
         module__width=config.width,
         module__depth=config.depth,
         lr=config.lr,
+        lr_schedule=config.lr_schedule,
         batch_size=config.batch_size,
         max_epochs=1,
-        steps_per_epoch=config.train_steps,
-        warm_start=True,
+        warm_start=config.warm_start,
         random_state=seed,
         device=config.device,
+        **steps,
     )
+
+
+def seed_round(net, config: BenchConfig, seed: int, round_: int, *, salt: int = 0) -> None:
+    """Seed a round's training (batches, augmentation; the weights too when retraining from
+    scratch) from ``(seed, round)``, and set its step floor: a resumed round trains identically."""
+    floor = config.initial_train_steps if round_ == 0 else config.train_steps
+    steps = {"steps_per_epoch": floor} if config.epochs is None else {"min_steps_per_epoch": floor}
+    net.set_params(random_state=_round_seed(seed, round_, salt), **steps)
 
 
 def queries_per_round(config: BenchConfig, level: str, n_patches: int, n_images: int, n_pixels: int) -> int:
@@ -185,18 +202,11 @@ def _round_seed(seed: int, round_: int, salt: int = 0) -> int:
     return int(np.random.default_rng([seed, round_, salt]).integers(2**31 - 1))
 
 
-def train_round(net, store, labelled_patches: np.ndarray, steps: int, seed: int) -> float:
-    """Train ``steps`` batches on the labelled patches from the current weights; returns seconds.
-
-    The optimizer's state carries over too: a fresh Adam moves every weight by about ``lr`` in its
-    first steps, which knocked a converged net off course at each round (a Dice that jumped by
-    0.1-0.2 between rounds on GlaS). Checkpoints hold both, so a resumed run trains identically.
-    """
+def train_on(net, store, patches: np.ndarray) -> float:
+    """Continue training ``net`` on the given patches with its recipe (SA's bootstrap copies, full
+    supervision); returns seconds. The active-learning rounds train through ``learner.teach``."""
     start = time.perf_counter()
-    idx = np.sort(labelled_patches)
-    # On an initialised net a new random_state reseeds the batch and augmentation streams (the
-    # weights are kept), so every round draws the same batches whether or not the run was resumed.
-    net.set_params(steps_per_epoch=int(steps), random_state=seed)
+    idx = np.sort(patches)
     if not net.initialized_:
         net.initialize()
     net.partial_fit(store.patches[idx], store.labels[idx])
@@ -216,9 +226,9 @@ def _sa_scores(config, net, store, labelled_patches, train_images, seed, round_)
     """Suggestive Annotation's image scores: an ensemble of bootstrap copies of the current net.
 
     Each of ``config.sa_ensemble`` copies continues from the current weights on a bootstrap
-    resample of the labelled patches for ``train_steps`` batches; the disagreement of an image is
-    the per-pixel variance of the copies' foreground probabilities, averaged over its pixels, and
-    its descriptor the mean of the copies' descriptors.
+    resample of the labelled patches with the round's recipe; the disagreement of an image is the
+    per-pixel variance of the copies' foreground probabilities, averaged over its pixels, and its
+    descriptor the mean of the copies' descriptors.
     """
     import copy
 
@@ -229,7 +239,8 @@ def _sa_scores(config, net, store, labelled_patches, train_images, seed, round_)
     for member in range(config.sa_ensemble):
         twin = copy.deepcopy(net)
         boot = rng.choice(labelled_patches, size=len(labelled_patches), replace=True)
-        train_round(twin, store, boot, config.train_steps, _round_seed(seed, round_, 100 + member))
+        seed_round(twin, config, seed, round_, salt=100 + member)
+        train_on(twin, store, boot)
         proba, desc = twin.predict_images(train_images, return_descriptors=True)  # one pass per copy
         descriptors.append(desc)
         fg.append([p[1] for p in proba])
@@ -364,15 +375,36 @@ def _existing_state(config: BenchConfig, spec: BenchStrategy, seed: int, out_dir
     return state
 
 
+def make_learner(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, net, round_of: Callable[[], int]):
+    """The run's ``PatchActiveLearner``: the strategy, its level and how the round's pass scores.
+
+    ``round_of()`` gives the current round (Suggestive Annotation seeds its ensemble with it).
+    """
+    from focal_al.learner import PatchActiveLearner
+    from focal_al.registry import query_strategy, strategy_info
+
+    level = strategy_info(spec.strategy).kind
+    store, train = data.store, data.train
+    scorer = None
+    if level == "image" and spec.strategy == "sa":
+        def scorer(learner, images, rows):
+            return _sa_scores(config, learner.estimator, store, learner.train_rows_, [images[int(i)] for i in rows],
+                              seed, round_of())
+    elif level == "patch" and config.scoring == "images":
+        image_index, coords = np.asarray(store.image_index), store.coords
+
+        def scorer(learner, patches, rows):
+            return learner.estimator.score_pool_from_images(train.images, image_index[rows], coords[rows],
+                                                            store.patch_size)
+    return PatchActiveLearner(net, query_strategy(spec.strategy, **_strategy_params(config, spec)), store=store,
+                              level=level, scorer=scorer, warm_start=config.warm_start)
+
+
 def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, out_dir: Path, *,
                  resume: bool = False, report: Callable[[str], None] = lambda line: None) -> list[dict]:
     """Run (or continue) one strategy under one seed to the budget; returns its round records."""
     from focal_al.cost import RevealedPixels
-    from focal_al.registry import get_strategy, strategy_info
-    from focal_al.selection import check_selection
 
-    level = strategy_info(spec.strategy).kind
-    select = get_strategy(spec.strategy)
     store, train, test = data.store, data.train, data.test
     run_dir = out_dir / "runs" / f"{spec.key}-seed{seed}"
     run_state = RunState(run_dir)
@@ -386,15 +418,20 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     image_index = np.asarray(store.image_index)
     n_patches, n_images = len(store), store.n_images
     net = make_net(config, spec.network, seed)
+    round_ = 0 if state is None else state["round"]
+    learner = make_learner(config, spec, seed, data, net, lambda: round_)
+    level = learner.level
+    # What a query ranks: the patches of the store, or the whole training images.
+    query_pool = store.patches if level == "patch" else train.images
     if state is None:
         init = initial_images(store.image_shapes, config.step, seed)
-        revealed = RevealedPixels(store.image_shapes).reveal_images(init)
         labelled_images = init
-        labelled = np.flatnonzero(np.isin(image_index, init))
         records, queries = [], [{"round": 0, "level": "image",
                                  "items": [{"image": train.names[i], "y": 0, "x": 0, "size": None} for i in init]}]
-        round_ = 0
-        train_seconds = train_round(net, store, labelled, config.initial_train_steps, _round_seed(seed, 0))
+        seed_round(net, config, seed, 0)
+        start = time.perf_counter()
+        learner.teach_images(init)
+        train_seconds = time.perf_counter() - start
         _kill_point("trained", 0)
         query_seconds = 0.0
     else:
@@ -410,22 +447,25 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
             raise ValueError(f"The run state {run_state.path} does not fit this pool ({n_patches} patches, {n_images} "
                              f"images): it was written for other data. Delete the folder {run_dir} to restart this run.")
         records, queries = state["records"], state["queries"]
-        round_ = state["round"]
+        learner.restore(labelled_images if level == "image" else labelled, revealed=revealed)
         net.initialize()
         load_checkpoint(net, run_dir / state["weights"])
-    per_round = queries_per_round(config, level, n_patches, n_images, revealed.n_total)
+    per_round = queries_per_round(config, level, n_patches, n_images, learner.revealed_.n_total)
 
     while True:
         if state is None or round_ > state["round"]:
             start = time.perf_counter()
             metrics = evaluate(net, test)
             _kill_point("evaluated", round_)
+            revealed = learner.revealed_
+            labelled = learner.train_rows_
             records.append({
                 "strategy": spec.key, "label": spec.label, "seed": seed, "round": round_,
                 "cost": revealed.cost, "n_revealed_pixels": int(revealed.n_revealed),
                 "n_labelled": int(len(labelled) if level == "patch" else len(labelled_images)), **metrics,
                 "cu": cu_cd[0] if round_ and level == "patch" else None,
                 "cd": cu_cd[1] if round_ and level == "patch" else None,
+                "train_steps": int(getattr(net, "lr_total_", 0)),
                 "train_seconds": train_seconds, "query_seconds": query_seconds,
                 "eval_seconds": time.perf_counter() - start, "threads": _torch_threads(),
             })
@@ -437,7 +477,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
                 "complete": False, "exhausted": False,
             }
             done = revealed.cost >= config.budget - 1e-12
-            n_left = (n_patches - len(labelled)) if level == "patch" else (n_images - len(labelled_images))
+            n_left = len(query_pool) - len(learner.labelled_)
             state["exhausted"] = bool(n_left == 0)
             state["complete"] = bool(done or n_left == 0)
             run_state.commit(state, net, round_)
@@ -446,42 +486,24 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
                 return records
 
         round_ += 1
-        rseed = _round_seed(seed, round_)
-        rng = np.random.default_rng([seed, round_, 1])
         start = time.perf_counter()
+        n_query = min(per_round, len(query_pool) - len(learner.labelled_))
+        chosen, _ = learner.query(query_pool, n_query, random_state=[seed, round_, 1])
         if level == "patch":
-            candidates = np.setdiff1d(np.arange(n_patches), labelled)
-            if config.scoring == "images":
-                scores = net.score_pool_from_images(train.images, image_index[candidates], store.coords[candidates],
-                                                    store.patch_size)
-            else:
-                scores = net.score_pool(store.patches[candidates])
-            n_query = min(per_round, len(candidates))
-            positions = select(scores, n_query, np.arange(len(candidates)), rng, **_strategy_params(config, spec))
-            chosen = candidates[check_selection(positions, n_query, np.arange(len(candidates)), len(candidates),
-                                                who=f"Strategy {spec.strategy!r}")]
+            scores, _ = learner.candidate_scores(query_pool)
             cu_cd = _cluster_criteria(config, scores.descriptors, seed, round_)
-            revealed.reveal_patches(image_index[chosen], store.coords[chosen], store.patch_size)
-            labelled = np.union1d(labelled, chosen)
             items = [{"image": train.names[image_index[i]], "y": int(store.coords[i][0]),
                       "x": int(store.coords[i][1]), "size": int(store.patch_size)} for i in chosen]
         else:
-            candidates = np.setdiff1d(np.arange(n_images), labelled_images)
-            if spec.strategy == "sa":
-                scores = _sa_scores(config, net, store, labelled, train.images, seed, round_)
-            else:
-                scores = net.score_images(train.images)
-            n_query = min(per_round, len(candidates))
-            chosen = check_selection(select(scores, n_query, candidates, rng, **_strategy_params(config, spec)),
-                                     n_query, candidates, n_images, who=f"Strategy {spec.strategy!r}")
             cu_cd = (None, None)
-            revealed.reveal_images(chosen)
             labelled_images = np.union1d(labelled_images, chosen)
-            labelled = np.flatnonzero(np.isin(image_index, labelled_images))
             items = [{"image": train.names[i], "y": 0, "x": 0, "size": None} for i in chosen]
         query_seconds = time.perf_counter() - start
         queries.append({"round": round_, "level": level, "items": items})
-        train_seconds = train_round(net, store, labelled, config.train_steps, rseed)
+        seed_round(net, config, seed, round_)
+        start = time.perf_counter()
+        learner.teach(chosen)  # the simulated annotator: labels come from the store's ground truth
+        train_seconds = time.perf_counter() - start
         _kill_point("trained", round_)
 
 
@@ -540,10 +562,17 @@ def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, see
     path = out_dir / "full_supervision.json"
     if path.exists():
         return json.loads(path.read_text())
-    n_rounds = int(np.ceil((config.budget - config.step) / config.step)) + 1
-    steps = config.initial_train_steps + n_rounds * config.train_steps
     net = make_net(config, "ed-convnet", seed)
-    seconds = train_round(net, data.store, np.arange(len(data.store)), steps, _round_seed(seed, 0, 99))
+    if config.epochs is None:
+        n_rounds = int(np.ceil((config.budget - config.step) / config.step)) + 1
+        steps = config.initial_train_steps + n_rounds * config.train_steps
+    else:
+        # The rounds' recipe on every patch, without the cap that bounds a round's time: converged.
+        from focal_al.training import steps_for
+
+        steps = steps_for(len(data.store), config.batch_size, epochs=config.epochs, min_steps=config.initial_train_steps)
+    net.set_params(random_state=_round_seed(seed, 0, 99), steps_per_epoch=steps, passes_per_epoch=None)
+    seconds = train_on(net, data.store, np.arange(len(data.store)))
     result = {**evaluate(net, data.test), "train_steps": steps, "train_seconds": seconds, "seed": seed}
     atomic_write_json(path, result)
     report(f"[full supervision] {steps} steps: Dice {result['dice']:.3f}")
