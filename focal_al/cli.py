@@ -87,8 +87,16 @@ def _csv(kind):
 @click.option("--candidate-ratio", type=float, help="Q / T: IU candidates kept per patch queried (paper: 5 % / 2.5 % = 2).")
 @click.option("--sa-ensemble", type=int, help="Networks in the Suggestive Annotation ensemble.")
 @click.option("--test-fraction", type=float, help="Test share of a synthetic or folder dataset.")
-@click.option("--train-steps", type=int, help="Gradient steps per round.")
-@click.option("--initial-train-steps", type=int, help="Gradient steps on the initial labelled set.")
+@click.option("--train-steps", type=int,
+              help="Gradient steps per round: the floor when --epochs is set, else exactly this many.")
+@click.option("--initial-train-steps", type=int, help="The same for round 0 (the initial labelled set).")
+@click.option("--epochs", type=float,
+              help="Passes over the labelled patches per round (steps grow with the labelled set).")
+@click.option("--max-train-steps", type=int, help="Cap on the gradient steps of one round (with --epochs).")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]),
+              help="Learning rate within each round: warm-up + cosine decay to 1 percent of --lr (default), or constant.")
+@click.option("--warm-start/--from-scratch", default=None,
+              help="Continue each round from the last round's weights (default), or retrain from scratch.")
 @click.option("--batch-size", type=int, help="Patches per gradient step.")
 @click.option("--device", help="auto, cpu or cuda.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Output folder [default: bench-out/<preset>].")

@@ -399,3 +399,34 @@ def test_whole_image_scoring_runs_the_protocol(tmp_path):
     queries = read_json(tmp_path / "runs" / "7-focannot-seed0" / "queries.json")
     patches = [(i["image"], i["y"], i["x"]) for q in queries[1:] for i in q["items"]]
     assert len(queries) >= 2 and len(patches) == len(set(patches))
+
+
+# ----------------------------------------------------------------------------------- training recipe
+
+
+def test_round_steps_grow_with_the_labelled_set_between_floor_and_cap(tmp_path):
+    config = tiny(tmp_path, strategies=("random-patch",), epochs=1.0, train_steps=3, initial_train_steps=4,
+                  max_train_steps=12, budget=0.5)
+    run_bench(config, quiet=True)
+    records = read_json(tmp_path / "runs" / "random-patch-seed0" / "rounds.json")
+    expected = [min(12, max(4 if r["round"] == 0 else 3, -(-r["n_labelled"] // config.batch_size))) for r in records]
+    assert [r["train_steps"] for r in records] == expected
+    assert expected[-1] > expected[1]  # more labels, more steps
+    # Full supervision: the same recipe on every patch, uncapped (converged, not equal steps).
+    full = read_json(tmp_path / "full_supervision.json")
+    from focal_al.bench.runner import prepare_data
+
+    n_patches = len(prepare_data(config, tmp_path).store)
+    assert full["train_steps"] == max(4, -(-n_patches // config.batch_size)) > 12
+
+
+def test_retraining_from_scratch_is_reproducible_and_differs_from_warm_start(tmp_path):
+    runs = {}
+    for name, warm in (("a", False), ("b", False), ("warm", True)):
+        config = tiny(tmp_path / name, strategies=("random-patch",), warm_start=warm)
+        run_bench(config, quiet=True, with_full_supervision=False)
+        runs[name] = without_timings(read_json(tmp_path / name / "runs" / "random-patch-seed0" / "rounds.json"))
+    assert [{k: v for k, v in r.items() if k != "threads"} for r in runs["a"]] == \
+        [{k: v for k, v in r.items() if k != "threads"} for r in runs["b"]]
+    assert [r["cost"] for r in runs["a"]] == [r["cost"] for r in runs["warm"]]  # same queries' sizes
+    assert [r["dice"] for r in runs["a"][1:]] != [r["dice"] for r in runs["warm"][1:]]

@@ -214,3 +214,85 @@ def test_with_real_segmentation_net():
     assert len(learner.labelled_) == 3 and learner.cost_ == pytest.approx(3 * 256 / (2 * 32 * 48))
     stock = ActiveLearner(estimator=net, query_strategy=query_strategy("focannot", k=2, random_state=0))
     assert len(stock.query(X, n_instances=2)[0]) == 2
+
+
+# ----------------------------------------------------------------------------------- levels, resume
+
+
+def make_store():
+    X, labels, coords, image_index, shapes = make_pool()
+    return types.SimpleNamespace(patches=X, labels=labels, coords=coords, image_index=image_index,
+                                 image_shapes=np.array(shapes), patch_size=4)
+
+
+class ImageNet(FakeNet):
+    """Scores whole images from their pixels."""
+
+    def score_images(self, images):
+        self.n_score_pool += 1
+        return self.score_pool(np.stack([np.asarray(im, dtype=np.uint8)[None, :4, :4] for im in images]))
+
+
+def test_query_scores_only_the_unlabelled_rows():
+    store = make_store()
+    seen = []
+
+    def scorer(learner, X_pool, rows):
+        seen.append(rows.copy())
+        return learner.estimator.score_pool(X_pool[rows])
+
+    learner = PatchActiveLearner(FakeNet(), query_strategy("iu"), store=store, scorer=scorer, random_state=0)
+    learner.teach([0, 1, 2])
+    idx, _ = learner.query(store.patches, n_instances=2)
+    np.testing.assert_array_equal(seen[-1], np.arange(3, 24))
+    assert not np.isin(idx, [0, 1, 2]).any()
+    # The same pass ranks what every criterion reads: a second look at the candidates reuses it.
+    learner.candidate_scores(store.patches)
+    assert len(seen) == 1
+
+
+def test_image_level_learner_teaches_every_patch_of_its_images():
+    store = make_store()
+    images = [np.full((6, 10, 1), 40 * i, dtype=np.uint8) for i in range(3)]
+    net = ImageNet()
+    learner = PatchActiveLearner(net, query_strategy("image-iu"), store=store, level="image", random_state=0)
+    idx, rows = learner.query(images, n_instances=1)
+    assert idx.tolist() == [2] and rows[0] is images[2]  # brightest image: highest "entropy"
+    learner.teach(idx)
+    assert learner.labelled_.tolist() == [2]
+    np.testing.assert_array_equal(learner.train_rows_, np.arange(16, 24))
+    assert learner.cost_ == pytest.approx(1 / 3) and net.fits[-1][1] == 8
+    idx2, _ = learner.query(images, n_instances=2)
+    assert sorted(idx2.tolist()) == [0, 1]
+    with pytest.raises(ValueError, match="already labelled"):
+        learner.teach([2])
+    with pytest.raises(ValueError, match="y is not accepted"):
+        learner.teach([0], y=store.labels[:8])
+
+
+def test_teach_images_reveals_whole_images_and_restore_resumes():
+    store = make_store()
+    learner = PatchActiveLearner(FakeNet(), query_strategy("random-patch"), store=store, random_state=0)
+    learner.teach_images([1])
+    np.testing.assert_array_equal(learner.labelled_, np.arange(8, 16))
+    assert learner.revealed_.n_revealed == 60  # the whole 6 x 10 image, also pixels no patch covers
+    learner.teach([0])
+    resumed = PatchActiveLearner(FakeNet(), query_strategy("random-patch"), store=store, random_state=0)
+    resumed.restore(learner.labelled_, revealed=learner.revealed_)
+    np.testing.assert_array_equal(resumed.labelled_, learner.labelled_)
+    np.testing.assert_array_equal(resumed.y_labelled_, learner.y_labelled_)
+    assert resumed.cost_ == learner.cost_ and resumed.estimator.fits == []
+    a = learner.query(store.patches, n_instances=3, random_state=5)[0]
+    b = resumed.query(store.patches, n_instances=3, random_state=5)[0]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="new learner"):
+        resumed.restore([3])
+
+
+def test_warm_start_false_refits_from_scratch():
+    store = make_store()
+    net = FakeNet()
+    learner = PatchActiveLearner(net, query_strategy("random-patch"), store=store, warm_start=False)
+    learner.teach([0, 1])
+    learner.teach([2])
+    assert net.fits == [("fit", 2, (2, 4, 4)), ("fit", 3, (3, 4, 4))]
