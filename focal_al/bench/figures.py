@@ -248,3 +248,39 @@ def draw_queries(
     ax.set_axis_off()
     ax.set_title(title or f"{len(items)} queried patch(es)")
     return _save(fig, path)
+
+
+def plot_paired_differences(comparison: Sequence[dict], path: str | os.PathLike, *, baseline_label: str) -> Path | None:
+    """Mean paired difference to the baseline (AUBC and Dice at each budget) with 95 % intervals.
+
+    One row of points per strategy; an interval that crosses the zero line is no detectable
+    difference. Returns None when there is nothing to compare.
+    """
+    rows = [c for c in comparison if c["aubc"]["n"] >= 1]
+    if not rows:
+        return None
+    columns = [("AUBC", lambda c: c["aubc"])] + [
+        (f"Dice @ {100 * d['budget']:g} %", lambda c, j=j: c["dice_at"][j]) for j, d in enumerate(rows[0]["dice_at"])
+    ]
+    fig = _figure(figsize=(3.0 * len(columns), 0.5 * len(rows) + 1.6))
+    axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
+    y = np.arange(len(rows))[::-1]
+    for ax, (title, get) in zip(axes, columns):
+        for yi, row in zip(y, rows):
+            iv = get(row)
+            if not np.isfinite(iv["mean"]):
+                continue
+            color = {"better": "tab:green", "worse": "tab:red"}.get(
+                "better" if iv["n"] >= 2 and iv["low"] > 0 else "worse" if iv["n"] >= 2 and iv["high"] < 0 else "",
+                "tab:gray")
+            if np.isfinite(iv["low"]):
+                ax.plot([iv["low"], iv["high"]], [yi, yi], color=color, linewidth=2)
+            ax.plot([iv["mean"]], [yi], marker="o", color=color)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"difference to {baseline_label}")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels([f"{r['label']} (n={r['aubc']['n']})" for r in rows])
+    fig.suptitle(f"Paired by seed: strategy minus {baseline_label}, mean and 95 % interval", fontsize=10)
+    return _save(fig, path)

@@ -279,6 +279,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values)), std
 
 
+def _mean_or_none(values) -> float | None:
+    return None if any(v is None for v in values) or not values else float(np.mean(values))
+
+
 def summarize(
     records: Sequence[dict],
     *,
@@ -386,6 +390,8 @@ def summarize(
                 "seeds": seeds,
                 "n_rounds": max(len(run) for run in by_seed.values()),
                 "final_cost": float(np.mean([by_seed[s][-1]["cost"] for s in seeds])),
+                "final_foreground_cost": _mean_or_none([by_seed[s][-1].get("foreground_cost") for s in seeds]),
+                "final_regions": _mean_or_none([by_seed[s][-1].get("n_regions") for s in seeds]),
                 "final_dice": final_dice,
                 "final_dice_std": final_dice_std,
                 "aubc": aubc_mean,
@@ -417,6 +423,16 @@ def _fmt_cost(cost: float | None, *, known: bool = True) -> str:
     return "not reached" if cost is None else f"{100 * cost:.1f} %"
 
 
+def _final_costs(row: Mapping) -> str:
+    """Cost in pixels, and where recorded in foreground pixels and regions queried."""
+    text = f"{100 * row['final_cost']:.1f} %"
+    if row.get("final_foreground_cost") is not None:
+        text += f", foreground {100 * row['final_foreground_cost']:.1f} %"
+    if row.get("final_regions") is not None:
+        text += f", {row['final_regions']:.0f} regions"
+    return text
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
@@ -436,12 +452,61 @@ def _versions(config: Mapping) -> dict[str, str]:
     return found
 
 
+def _fmt_interval(iv: Mapping, digits: int = 3) -> str:
+    if not np.isfinite(iv["mean"]):
+        return "–"
+    if not np.isfinite(iv["low"]):
+        return f"{iv['mean']:+.{digits}f}"
+    return f"{iv['mean']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
+
+
+def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, baseline_label: str) -> list[str]:
+    """Markdown lines: the verdict table against the baseline, then the curves' noise."""
+    lines = []
+    if comparison:
+        budgets = [d["budget"] for d in comparison[0]["dice_at"]]
+        lo, hi = comparison[0]["aubc_range"]
+        header = ["Strategy", f"Against {baseline_label}", "Seeds", "Δ AUBC [95 % CI]"]
+        header += [f"Δ Dice @ {100 * b:g} %" for b in budgets]
+        lines += [f"## Which strategy? Paired comparison with {baseline_label}", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for c in comparison:
+            cells = [_cell(c["label"]), f"**{c['verdict']}**", str(c["aubc"]["n"]), _fmt_interval(c["aubc"])]
+            cells += [_fmt_interval(d) for d in c["dice_at"]]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"Each strategy's runs are paired with {baseline_label}'s of the same seed (same initial labelled "
+            "set). Δ is strategy minus baseline, averaged over seeds, with a two-sided 95 % t-interval over the "
+            f"seeds' differences; the verdict reads the AUBC interval (cost range {100 * lo:.1f}–{100 * hi:.1f} %, "
+            "common to each pair): better or worse when it excludes 0, else no detectable difference. A Dice "
+            "difference is shown only at budgets every paired run reached.",
+            "",
+        ]
+    if noise:
+        budgets = sorted({b for stds in noise["seed_std"].values() for b in stds})
+        lines += ["## Curve noise", "",
+                  f"- Mean fall of Dice between consecutive rounds: {noise['mean_fall']:.4f}; largest fall "
+                  f"{noise['largest_fall']:.3f}" + (f" ({noise['largest_fall_at']})." if noise["largest_fall_at"] else "."),
+                  "- Seed standard deviation of Dice: " + "; ".join(
+                      f"{s}: " + ", ".join(f"{100 * b:g} % {v:.3f}" for b, v in stds.items() if np.isfinite(v))
+                      for s, stds in noise["seed_std"].items()
+                      if any(np.isfinite(v) for v in stds.values())) + ".",
+                  ""]
+        if not any(np.isfinite(v) for stds in noise["seed_std"].values() for v in stds.values()):
+            lines[-2] = "- Seed standard deviation of Dice: needs at least two seeds reaching " + ", ".join(
+                f"{100 * b:g} %" for b in budgets) + "."
+    return lines
+
+
 def render_report(
     summary_rows: Sequence[dict],
     *,
     config: Mapping | None,
     full_supervision: Mapping[str, float] | None,
     figures: Mapping[str, str | os.PathLike] | None,
+    comparison: Sequence[dict] = (),
+    noise: Mapping | None = None,
 ) -> str:
     """The bench report as Markdown.
 
@@ -457,6 +522,10 @@ def render_report(
         Full-supervision metrics (``"dice"``, ``"voe"``, ``"object_f1"``, ``"object_dice"``).
     figures : mapping of str to path, or None
         Caption to figure path, relative to the report's directory.
+    comparison : sequence of dict
+        Rows of :func:`focal_al.bench.stats.paired_comparison` (shown first).
+    noise : mapping, optional
+        :func:`focal_al.bench.stats.curve_noise`.
 
     Returns
     -------
@@ -469,6 +538,8 @@ def render_report(
     fs_known = bool(full_supervision) and full_supervision.get("dice") is not None
     reference = next((r["reference"] for r in rows if r.get("reference")), None)
 
+    baseline_label = next((r["label"] for r in rows if r["strategy"] == "random-patch"), "random patches")
+    lines += render_comparison(comparison, noise, baseline_label=baseline_label)
     lines += ["## Results", ""]
     if rows:
         lo, hi = rows[0]["aubc_range"]
@@ -481,7 +552,7 @@ def render_report(
             cells = [_cell(r["label"]), str(r["n_seeds"]), _fmt(r["aubc"], r["aubc_std"])]
             cells += [_fmt(d["mean"], d["std"]) for d in r["dice_at"]]
             cells += [
-                f"{_fmt(r['final_dice'], r['final_dice_std'])} ({100 * r['final_cost']:.1f} %)",
+                f"{_fmt(r['final_dice'], r['final_dice_std'])} ({_final_costs(r)})",
                 _fmt_cost(r["cost_to_95_fs"], known=fs_known),
                 _fmt_cost(r["cost_within_1pt_fs"], known=fs_known),
                 "–" if r["reference"] is None else (
@@ -492,7 +563,9 @@ def render_report(
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
-            "Costs are unique revealed pixels as a percentage of all training pixels. `a ± b` is the mean "
+            "Costs are unique revealed pixels as a percentage of all training pixels (the final cost also "
+            "in foreground pixels revealed, as a percentage of all foreground pixels, and in regions queried: "
+            "pixel cost alone misjudges region queries, and background is cheaper to label). `a ± b` is the mean "
             "± sample standard deviation over seeds. AUBC is the area under the Dice-vs-cost curve over "
             "the range shown, divided by its width (the curve's mean Dice there); the range is the same "
             "for every strategy: from the largest first cost to the smallest final cost of all runs. "
@@ -509,8 +582,8 @@ def render_report(
                     for k in ("voe", "object_f1", "object_dice")
                     if full_supervision.get(k) is not None
                 )
-                + (f", after {full_supervision['train_steps']} training steps on every training patch "
-                   f"(as many as one active-learning run takes)" if full_supervision.get("train_steps") else "")
+                + (f", after {full_supervision['train_steps']} training steps on every training patch"
+                   if full_supervision.get("train_steps") else "")
                 + f". Targets: 95 % of FS Dice = {0.95 * fs:.3f}; within 1 point = {fs - 0.01:.3f}.",
             ]
         if reference:
@@ -628,6 +701,11 @@ def write_report(
     write_records(out_dir, records)
     rows = summarize(records, full_supervision=full_supervision, budgets=budgets)
     atomic_write_json(out_dir / "summary.json", _json_safe(rows))
+    from focal_al.bench.stats import curve_noise, paired_comparison
+
+    comparison = paired_comparison(records)
+    noise = curve_noise(records)
+    atomic_write_json(out_dir / "comparison.json", _json_safe({"paired": comparison, "noise": noise}))
 
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(exist_ok=True)
@@ -635,6 +713,10 @@ def write_report(
     path = fig.plot_learning_curves(records, figure_dir / "learning-curves-dice.png",
                                     metric="dice", full_supervision=full_supervision)
     figures["Fig. 4: Dice against annotation cost (mean over seeds, band: ± 1 std)"] = path
+    baseline_label = next((r["label"] for r in rows if r["strategy"] == "random-patch"), "random patches")
+    path = fig.plot_paired_differences(comparison, figure_dir / "paired-differences.png", baseline_label=baseline_label)
+    if path is not None:
+        figures[f"Paired differences to {baseline_label} (mean and 95 % interval over seeds)"] = path
     path = fig.plot_cluster_criteria(records, figure_dir / "cluster-criteria.png")
     if path is not None:
         figures["Fig. 5: mean cluster uncertainty and cluster diversity per round"] = path
@@ -662,6 +744,7 @@ def write_report(
     text = render_report(
         rows, config=config, full_supervision=full_supervision,
         figures={caption: p.relative_to(out_dir) for caption, p in figures.items()},
+        comparison=comparison, noise=noise,
     )
     return atomic_write_text(out_dir / "report.md", text)
 

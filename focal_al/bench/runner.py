@@ -451,6 +451,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         net.initialize()
         load_checkpoint(net, run_dir / state["weights"])
     per_round = queries_per_round(config, level, n_patches, n_images, learner.revealed_.n_total)
+    total_foreground = max(1, sum(int(np.count_nonzero(m)) for m in train.masks))
 
     while True:
         if state is None or round_ > state["round"]:
@@ -459,9 +460,12 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
             _kill_point("evaluated", round_)
             revealed = learner.revealed_
             labelled = learner.train_rows_
+            n_foreground = sum(int(np.count_nonzero(revealed.mask(i) & (m > 0))) for i, m in enumerate(train.masks))
             records.append({
                 "strategy": spec.key, "label": spec.label, "seed": seed, "round": round_,
                 "cost": revealed.cost, "n_revealed_pixels": int(revealed.n_revealed),
+                "n_revealed_foreground": n_foreground, "foreground_cost": n_foreground / total_foreground,
+                "n_regions": sum(len(q["items"]) for q in queries),
                 "n_labelled": int(len(labelled) if level == "patch" else len(labelled_images)), **metrics,
                 "cu": cu_cd[0] if round_ and level == "patch" else None,
                 "cd": cu_cd[1] if round_ and level == "patch" else None,

@@ -1,0 +1,146 @@
+"""Paired statistics of learning curves: each strategy against a baseline, seed by seed; curve noise.
+
+Every strategy of a seed starts from the same initial labelled set, so the fair comparison with a
+baseline (random patches) is *paired by seed*: the per-seed difference in AUBC and in Dice at each
+budget, its mean, and a 95 % t-interval over seeds. With 3 seeds a method can look better or worse
+than random depending on the seed; the interval says whether the difference is outside that noise.
+Pure functions of round records (see :mod:`focal_al.bench.records`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from focal_al.bench.report import _interp, _runs, _series, aubc
+
+#: The baseline every strategy is compared with.
+BASELINE = "random-patch"
+
+VERDICTS = ("better", "worse", "no detectable difference", "too few seeds")
+
+
+def mean_interval(differences: Sequence[float], *, confidence: float = 0.95) -> dict:
+    """Mean of paired differences and its two-sided t-interval over seeds.
+
+    Parameters
+    ----------
+    differences : sequence of float
+        One difference per seed (NaN entries are dropped).
+    confidence : float
+
+    Returns
+    -------
+    dict
+        ``mean``, ``low``, ``high`` (NaN with fewer than two seeds) and ``n``.
+    """
+    from scipy import stats
+
+    d = np.asarray([x for x in differences if x is not None and np.isfinite(x)], dtype=float)
+    n = len(d)
+    if n == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    mean = float(d.mean())
+    if n < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": 1}
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def verdict(interval: dict) -> str:
+    """``better`` / ``worse`` when the interval excludes 0, else ``no detectable difference``."""
+    if interval["n"] < 2 or not np.isfinite(interval["low"]):
+        return "too few seeds"
+    if interval["low"] > 0:
+        return "better"
+    if interval["high"] < 0:
+        return "worse"
+    return "no detectable difference"
+
+
+def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
+                      budgets: Sequence[float] = (0.1, 0.2, 0.3)) -> list[dict]:
+    """Every strategy against ``baseline``, paired by seed.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Round records of all runs.
+    baseline : str
+        The strategy key compared against (absent: an empty list).
+    budgets : sequence of float
+        Costs at which Dice differences are taken; a budget counts only where both runs of a
+        seed reached it (curves are never extrapolated).
+
+    Returns
+    -------
+    list of dict
+        One per other strategy: ``strategy``, ``label``, ``seeds`` (the paired seeds), ``aubc``
+        (interval of the AUBC differences over the cost range both runs of each seed cover, the
+        same range for every seed: the largest first and the smallest last cost of all runs of
+        both strategies), ``dice_at`` (list of ``{"budget", **interval}``) and ``verdict``
+        (from the AUBC interval).
+    """
+    runs = _runs(records)
+    if baseline not in runs:
+        return []
+    out = []
+    for strategy, by_seed in sorted(runs.items()):
+        if strategy == baseline:
+            continue
+        seeds = sorted(set(by_seed) & set(runs[baseline]))
+        pairs = [(by_seed[s], runs[baseline][s]) for s in seeds]
+        lo = max((r[0]["cost"] for pair in pairs for r in pair), default=math.nan)
+        hi = min((r[-1]["cost"] for pair in pairs for r in pair), default=math.nan)
+        aubc_diffs, dice_diffs = [], {b: [] for b in budgets}
+        for run, base in pairs:
+            (c1, v1), (c0, v0) = _series(run, "dice"), _series(base, "dice")
+            if lo <= hi:
+                aubc_diffs.append(aubc(c1, v1, min_cost=lo, max_cost=hi) - aubc(c0, v0, min_cost=lo, max_cost=hi))
+            grid = np.asarray(budgets, dtype=float)
+            diff = _interp(grid, c1, v1) - _interp(grid, c0, v0)
+            for b, d in zip(budgets, diff):
+                dice_diffs[b].append(float(d))
+        aubc_interval = mean_interval(aubc_diffs)
+        out.append({
+            "strategy": strategy,
+            "label": by_seed[min(by_seed)][0].get("label", strategy),
+            "seeds": seeds,
+            "aubc_range": [lo, hi],
+            "aubc": aubc_interval,
+            "dice_at": [{"budget": b, **mean_interval(dice_diffs[b])} for b in budgets],
+            "verdict": verdict(aubc_interval),
+        })
+    return out
+
+
+def curve_noise(records: Sequence[dict], *, budgets: Sequence[float] = (0.1, 0.2, 0.3)) -> dict:
+    """How noisy the curves are: falls of Dice between consecutive rounds, spread over seeds.
+
+    Returns
+    -------
+    dict
+        ``mean_fall`` (mean over all consecutive-round pairs of all runs of ``max(0, Dice_r -
+        Dice_{r+1})``), ``largest_fall`` (and where: ``largest_fall_at``), and ``seed_std``: per
+        strategy, the sample std over seeds of the Dice at each budget (NaN where fewer than two
+        seeds reached it).
+    """
+    falls, worst, where = [], 0.0, None
+    seed_std = {}
+    for strategy, by_seed in sorted(_runs(records).items()):
+        for seed, run in by_seed.items():
+            dice = [r["dice"] for r in run]
+            for r, (a, b) in enumerate(zip(dice, dice[1:])):
+                falls.append(max(0.0, a - b))
+                if a - b > worst:
+                    worst, where = a - b, f"{strategy} seed {seed}, round {r} -> {r + 1}"
+        grid = np.asarray(budgets, dtype=float)
+        values = np.array([_interp(grid, *_series(run, "dice")) for run in by_seed.values()])
+        stds = []
+        for j in range(len(budgets)):
+            col = values[:, j][np.isfinite(values[:, j])]
+            stds.append(float(np.std(col, ddof=1)) if len(col) >= 2 else math.nan)
+        seed_std[strategy] = dict(zip(budgets, stds))
+    return {"mean_fall": float(np.mean(falls)) if falls else math.nan, "largest_fall": float(worst),
+            "largest_fall_at": where, "seed_std": seed_std}

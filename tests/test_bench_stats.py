@@ -1,0 +1,71 @@
+import math
+
+import numpy as np
+import pytest
+
+from focal_al.bench.report import render_report, summarize
+from focal_al.bench.stats import curve_noise, mean_interval, paired_comparison, verdict
+
+
+def run(strategy, seed, dice, costs=(0.025, 0.05, 0.1, 0.2, 0.3)):
+    return [{"strategy": strategy, "label": strategy, "seed": seed, "round": r, "cost": c, "dice": d,
+             "voe": 1 - d, "object_f1": d, "object_dice": d, "cu": None, "cd": None, "n_labelled": r}
+            for r, (c, d) in enumerate(zip(costs, dice))]
+
+
+BASE = [0.5, 0.6, 0.7, 0.75, 0.8]
+
+
+def records(offsets, noise=(0.0, 0.01, -0.01)):
+    out = []
+    for seed, eps in enumerate(noise):
+        out += run("random-patch", seed, [v + eps for v in BASE])
+        for name, off in offsets.items():
+            out += run(name, seed, [v + eps + off(seed) for v in BASE])
+    return out
+
+
+def test_mean_interval_matches_a_t_interval():
+    iv = mean_interval([0.1, 0.2, 0.3])
+    assert iv["mean"] == pytest.approx(0.2) and iv["n"] == 3
+    assert iv["high"] - iv["mean"] == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    one = mean_interval([0.1])
+    assert one["n"] == 1 and math.isnan(one["low"]) and verdict(one) == "too few seeds"
+
+
+def test_paired_comparison_verdicts():
+    recs = records({"good": lambda s: 0.05 + 0.002 * s, "bad": lambda s: -0.04 - 0.001 * s,
+                    "same": lambda s: (-0.01, 0.0, 0.01)[s]})
+    by = {c["strategy"]: c for c in paired_comparison(recs)}
+    assert set(by) == {"good", "bad", "same"}
+    assert by["good"]["verdict"] == "better" and by["good"]["aubc"]["mean"] == pytest.approx(0.052)
+    assert by["bad"]["verdict"] == "worse"
+    assert by["same"]["verdict"] == "no detectable difference"
+    assert [d["budget"] for d in by["good"]["dice_at"]] == [0.1, 0.2, 0.3]
+    assert by["good"]["dice_at"][1]["mean"] == pytest.approx(0.052)
+    # The seed noise is shared by both strategies of a seed: pairing removes it.
+    assert by["good"]["aubc"]["high"] - by["good"]["aubc"]["low"] < 0.02
+
+
+def test_budgets_beyond_a_run_are_not_compared():
+    recs = run("random-patch", 0, BASE) + run("short", 0, BASE[:3], costs=(0.025, 0.05, 0.1))
+    recs += run("random-patch", 1, BASE) + run("short", 1, BASE[:3], costs=(0.025, 0.05, 0.1))
+    (c,) = paired_comparison(recs)
+    assert np.isfinite(c["dice_at"][0]["mean"]) and not np.isfinite(c["dice_at"][1]["mean"])
+    assert paired_comparison(run("iu", 0, BASE)) == []  # no baseline, nothing to compare
+
+
+def test_curve_noise_measures_falls_and_seed_spread():
+    recs = run("random-patch", 0, [0.5, 0.7, 0.65, 0.8, 0.8]) + run("random-patch", 1, [0.5, 0.6, 0.7, 0.8, 0.9])
+    noise = curve_noise(recs)
+    assert noise["largest_fall"] == pytest.approx(0.05) and "seed 0, round 1 -> 2" in noise["largest_fall_at"]
+    assert noise["mean_fall"] == pytest.approx(0.05 / 8)
+    assert noise["seed_std"]["random-patch"][0.3] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+
+
+def test_report_puts_the_verdict_first():
+    recs = records({"good": lambda s: 0.05})
+    text = render_report(summarize(recs), config=None, full_supervision=None, figures=None,
+                         comparison=paired_comparison(recs), noise=curve_noise(recs))
+    assert text.index("Paired comparison with random-patch") < text.index("## Results")
+    assert "| good | **better** | 3 | +0.050 [" in text and "## Curve noise" in text
