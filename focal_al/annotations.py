@@ -32,6 +32,7 @@ __all__ = [
     "mask_to_features",
     "read_label_mask",
     "regions_csv",
+    "napari_shapes_csv",
     "draw_overview",
     "draw_crop",
 ]
@@ -328,6 +329,22 @@ def regions_csv(regions) -> str:
     for r in regions:
         writer.writerow([r.round, r.rank, r.name, r.image, r.box[0], r.box[1], r.width, r.height,
                          f"{r.score:.6g}", r.pool_index])
+    return buffer.getvalue()
+
+
+def napari_shapes_csv(regions) -> str:
+    """The regions as a napari Shapes layer CSV (``napari image.png regions.csv`` opens both).
+
+    napari puts pixel centres at integer coordinates (axis-0 = row, axis-1 = column), so a region
+    ``(x0, y0, x1, y1)`` is the rectangle from ``(y0 - 0.5, x0 - 0.5)`` to ``(y1 - 0.5, x1 - 0.5)``.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "shape-type", "vertex-index", "axis-0", "axis-1"])
+    for index, r in enumerate(regions):
+        x0, y0, x1, y1 = (v - 0.5 for v in r.box)
+        for vertex, (row, col) in enumerate(((y0, x0), (y0, x1), (y1, x1), (y1, x0))):
+            writer.writerow([index, "rectangle", vertex, row, col])
     return buffer.getvalue()
 
 

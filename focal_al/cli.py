@@ -188,7 +188,7 @@ def project_query(directory, n, strategy, crops, context, threads):
     folder = p.query(n, strategy=strategy, crops=crops, context=context)
     regions = p.regions(p.state["rounds"][-1]["round"])
     click.echo(f"{folder}: {len(regions)} regions in {len({g.image for g in regions})} images "
-               f"(regions.csv, geojson/, overview/{', crops/' if crops else ''}).")
+               f"(regions.csv, geojson/, napari/, overview/{', crops/' if crops else ''}).")
 
 
 @project.command("import")

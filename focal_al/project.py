@@ -15,7 +15,7 @@ Layout of a project folder::
     labels/<name>.<g>.png full-resolution class labels (0 background, 1 gland, 255 not annotated)
     validation/<name>.png full-resolution labels of the held-out validation images
     weights/<g>.pt        the network's state_dict (loaded with ``weights_only=True``)
-    rounds/round-NNN/     the exports of round NNN: regions.csv, geojson/, overview/, crops/
+    rounds/round-NNN/     the exports of round NNN: regions.csv, geojson/, napari/, overview/, crops/
 
 Every command writes new files under new names, then replaces ``state.json`` atomically: a
 command killed at any point leaves the project as it was (files it had written are unreferenced
@@ -44,6 +44,7 @@ from focal_al.annotations import (
     draw_overview,
     feature_collection,
     mask_to_features,
+    napari_shapes_csv,
     rasterise,
     read_geojson,
     read_label_mask,
@@ -680,7 +681,7 @@ class AnnotationProject:
 
         The round's folder ``rounds/round-NNN`` holds ``regions.csv`` (every region),
         ``geojson/<image>.geojson`` (a QuPath FeatureCollection of the image's regions),
-        ``overview/<image>.png`` (the image with its regions numbered by rank) and, with ``crops``,
+        ``napari/<image>.csv`` (the regions as a napari Shapes layer), ``overview/<image>.png`` (the image with its regions numbered by rank) and, with ``crops``,
         ``crops/<region>.png``.
 
         Parameters
@@ -736,7 +737,7 @@ class AnnotationProject:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         try:
             (tmp / "regions.csv").write_text(regions_csv(regions), encoding="utf-8")
-            for sub in ("geojson", "overview") + (("crops",) if crops else ()):
+            for sub in ("geojson", "napari", "overview") + (("crops",) if crops else ()):
                 (tmp / sub).mkdir()
             by_image = {}
             for g in regions:
@@ -744,6 +745,7 @@ class AnnotationProject:
             for name, own in by_image.items():
                 collection = feature_collection(region_feature(g) for g in own)
                 (tmp / "geojson" / f"{name}.geojson").write_text(json.dumps(collection, indent=1), encoding="utf-8")
+                (tmp / "napari" / f"{name}.csv").write_text(napari_shapes_csv(own), encoding="utf-8")
                 image = self._read_full_image(name)
                 (tmp / "overview" / f"{name}.png").write_bytes(draw_overview(image, own))
                 if crops:

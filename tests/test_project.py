@@ -168,6 +168,12 @@ def test_round_exports_follow_qupath_conventions(synthetic, tmp_path):
         check_qupath_geojson(round_dir / "geojson" / f"{name}.geojson", data.images[0].shape[:2])
         with Image.open(round_dir / "overview" / f"{name}.png") as overview:
             assert overview.size == (128, 96)
+        napari = (round_dir / "napari" / f"{name}.csv").read_text().splitlines()
+        assert napari[0] == "index,shape-type,vertex-index,axis-0,axis-1"
+        own = [g for g in regions if g.image == name]
+        assert len(napari) == 1 + 4 * len(own)
+        first = [float(v) for v in napari[1].split(",")[3:]]
+        assert first == [own[0].box[1] - 0.5, own[0].box[0] - 0.5]  # napari: (row, col) of pixel centres
     for g in regions:
         # Boxes are in original pixels: the network's 16-pixel patches at scale 0.5 are 32 wide.
         assert g.width == g.height == 32 or g.box[2] == 128 or g.box[3] == 96
