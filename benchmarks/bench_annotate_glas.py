@@ -93,8 +93,9 @@ def main() -> None:
                 overview = sorted((round_dir / "overview").glob("*.png"))[0]
                 DOCS.mkdir(exist_ok=True)
                 with Image.open(overview) as picture:
-                    picture.thumbnail((640, 640))
-                    picture.save(DOCS / "annotate-overview.png", optimize=True)
+                    picture.thumbnail((560, 560))
+                    # A 128-colour palette keeps the committed picture small (about a quarter of RGB).
+                    picture.convert("RGB").quantize(colors=128).save(DOCS / "annotate-overview.png", optimize=True)
                 lines.append(f"overview picture: {overview.name} -> docs/annotate-overview.png")
             files = answer(round_dir, args.glas, tmp / f"export-{r}")
             out, timings[f"import-{r}"] = run("project", "import", project,

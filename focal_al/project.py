@@ -195,25 +195,21 @@ def _match_masks(folder, names, mask_suffix: str, what: str) -> dict:
 
 
 class _RecordedTeaching:
-    """The estimator the learner teaches: scores with the network; training runs when the project says.
+    """The estimator the learner teaches: it scores with the network and leaves training to the project.
 
     ``PatchActiveLearner.teach`` refits its estimator at once; a project rebuilds its learner from
     the files at every command and trains only in ``train`` (or when ``query`` / ``predict`` find
-    the weights older than the labels), so ``partial_fit`` here only records that the labels changed.
+    the weights older than the labels), so ``partial_fit`` here does nothing.
     """
 
     def __init__(self, net):
         self.net = net
-        self.n_taught = 0
 
     def score_pool(self, X):
         return self.net.score_pool(X)
 
     def partial_fit(self, X, y):
-        self.n_taught += len(X)
         return self
-
-    fit = partial_fit
 
 
 class AnnotationProject:
@@ -250,6 +246,10 @@ class AnnotationProject:
                 f"{self.config.get('format_version')!r}; expected {FORMAT!r} version {FORMAT_VERSION}."
             )
         self.state = json.loads((self.path / "state.json").read_text(encoding="utf-8"))
+        if self.state.get("format") != f"{FORMAT}.state":
+            raise ProjectError(
+                f"'{self.path / 'state.json'}' has format {self.state.get('format')!r}; expected {FORMAT}.state."
+            )
         self._images = {entry["name"]: entry for entry in self.config["images"]}
         self._check_images()
         self._store = None
