@@ -14,6 +14,7 @@ Layout of a project folder::
     pool.h5               the PatchStore of the pool images at the network's scale
     labels/<name>.<g>.png full-resolution class labels (0 background, 1 gland, 255 not annotated)
     validation/<name>.png full-resolution labels of the held-out validation images
+    .lock                 held (flock) by a command that commits, so that two cannot interleave
     weights/<g>.pt        the network's state_dict (loaded with ``weights_only=True``)
     rounds/round-NNN/     the exports of round NNN: regions.csv, geojson/, napari/, overview/, crops/
 
@@ -24,6 +25,8 @@ pixels of the original images, whatever ``scale`` the network works at.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -168,8 +171,8 @@ def _list_images(sources, mask_suffix: str) -> dict:
     return {k: files[k] for k in sorted(files, key=_natural_key)}
 
 
-def _match_masks(folder, names, mask_suffix: str, what: str) -> dict:
-    """Mask files of ``folder`` keyed by the image name they annotate (``<name><mask_suffix>.<ext>``)."""
+def _match_masks(folder, names, mask_suffix: str, what: str) -> tuple:
+    """Mask files of ``folder`` keyed by the image they annotate (``<name><mask_suffix>.<ext>``), and the others."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"The {what} folder '{folder}' does not exist.")
@@ -191,7 +194,39 @@ def _match_masks(folder, names, mask_suffix: str, what: str) -> dict:
             f"No file in the {what} folder '{folder}' matches a project image: found {unknown[:5]}, "
             f"expected '<image name>{mask_suffix}.png' for images such as {list(names)[:3]}."
         )
-    return found
+    return found, unknown
+
+
+def _exclusive(method):
+    """Run a command that commits with the project locked, on the state it was opened with.
+
+    Two commands committing at once would each replace ``state.json`` with their own successor of
+    the same state, and one of them would be lost.
+    """
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            lock = stack.enter_context(open(self.path / ".lock", "a"))
+            try:
+                import fcntl
+            except ImportError:  # not POSIX: no advisory locks, commands must not overlap
+                fcntl = None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ProjectError(
+                        f"Another focal-al command is working on project '{self.path}'; run this one when it ends."
+                    ) from None
+            on_disk = json.loads((self.path / "state.json").read_text(encoding="utf-8"))
+            if on_disk.get("generation") != self.state["generation"]:
+                raise ProjectError(
+                    f"Project '{self.path}' was changed by another command since it was opened here; open it again."
+                )
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class _RecordedTeaching:
@@ -350,11 +385,11 @@ class AnnotationProject:
 
         files = _list_images(images if isinstance(images, (list, tuple)) else [images], mask_suffix)
         names = list(files)
-        validation = _match_masks(validation_masks, names, mask_suffix, "validation masks") if validation_masks else {}
+        validation = _match_masks(validation_masks, names, mask_suffix, "validation masks")[0] if validation_masks else {}
         pool_names = [n for n in names if n not in validation]
         if not pool_names:
             raise ProjectError("Every image has a validation mask; keep at least one image in the pool to annotate.")
-        initial = _match_masks(masks, pool_names, mask_suffix, "masks") if masks else {}
+        initial = _match_masks(masks, pool_names, mask_suffix, "masks")[0] if masks else {}
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -640,6 +675,7 @@ class AnnotationProject:
         _atomic_write_bytes(self.path / file, buffer.getvalue())
         return {"file": file, "labels_generation": self.state["labels_generation"], "steps": total}
 
+    @_exclusive
     def train(self, *, steps=None) -> dict:
         """Train the network on every labelled pixel (continuing from the saved weights).
 
@@ -676,6 +712,7 @@ class AnnotationProject:
 
     # ------------------------------------------------------------------------------- querying
 
+    @_exclusive
     def query(self, n, *, strategy=None, strategy_params=None, crops=False, context=32) -> Path:
         """Ask for ``n`` regions: train if needed, score the pool once, export round r.
 
@@ -769,6 +806,7 @@ class AnnotationProject:
             by_image.setdefault(g.image, []).append(g)
         return by_image
 
+    @_exclusive
     def import_masks(self, folder, *, mask_suffix=None) -> ImportReport:
         """Answer the open regions of the images that have a label mask in ``folder``.
 
@@ -787,11 +825,12 @@ class AnnotationProject:
         ImportReport
         """
         suffix = self.config["mask_suffix"] if mask_suffix is None else mask_suffix
-        files = _match_masks(folder, set(self._images), suffix, "masks")
+        files, unknown = _match_masks(folder, set(self._images), suffix, "masks")
         if not files:
             raise AnnotationError(f"The masks folder '{folder}' holds no mask named '<image>{suffix}.<ext>'.")
         open_by_image = self._open_by_image()
         report, answers = ImportReport(), {}
+        report.not_asked += [f"'{Path(folder) / name}': no project image of that name" for name in unknown]
         for name, file in files.items():
             foreground = read_label_mask(file, self._full_shape(name))
             if name not in open_by_image:
@@ -800,6 +839,7 @@ class AnnotationProject:
             answers[name] = (open_by_image[name], foreground)
         return self._apply(answers, report, [str(f) for f in files.values()])
 
+    @_exclusive
     def import_geojson(self, files, *, image=None) -> ImportReport:
         """Answer open regions from QuPath GeoJSON exports (FeatureCollection or array of Features).
 
@@ -987,6 +1027,7 @@ class AnnotationProject:
                 (image.shape[1], image.shape[0]), Image.Resampling.BILINEAR))
         return proba > 0.5
 
+    @_exclusive
     def predict(self, out) -> list:
         """Segment every image: an instance mask and a GeoJSON of the predicted objects per image.
 

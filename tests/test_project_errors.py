@@ -197,3 +197,71 @@ def test_bad_configuration_is_refused(template, tmp_path):
 def test_query_refuses_while_regions_are_open(project):
     with pytest.raises(ProjectError, match=r"4 unanswered region\(s\) \(R1-001"):
         project.query(2)
+
+
+def test_commands_do_not_interleave(project, template, tmp_path):
+    import fcntl
+
+    _, data = template
+    region = an_open_region(project)
+    path = export(project, data, region, tmp_path)
+    with open(project.path / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(ProjectError, match="Another focal-al command is working on project"):
+            project.import_geojson([path])
+    other = AnnotationProject(project.path)
+    project.import_geojson([path])
+    with pytest.raises(ProjectError, match="was changed by another command since it was opened"):
+        other.import_geojson([path])
+
+
+def test_mask_files_of_unknown_images_are_reported(project, template, tmp_path):
+    folder, data = template
+    region = an_open_region(project)
+    (tmp_path / "masks").mkdir()
+    shutil.copy(folder / "truth" / f"{region.image}.png", tmp_path / "masks")
+    Image.fromarray(np.zeros((96, 128), np.uint8)).save(tmp_path / "masks" / "elsewhere.png")
+    report = project.import_masks(tmp_path / "masks")
+    assert region.name in report.answered
+    assert any("elsewhere.png': no project image of that name" in line for line in report.not_asked)
+
+
+def test_import_needs_one_source(project):
+    result = CliRunner().invoke(main, ["project", "import", str(project.path)])
+    assert result.exit_code == 2 and "Give either --masks or --geojson" in result.output
+
+
+def test_a_killed_command_leaves_the_project_as_it_was(template, tmp_path):
+    """SIGKILL a real `focal-al project train` at two moments: the project is old or new, never broken."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder, _ = template
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); from focal_al.cli import main; "
+               "main(sys.argv[1:])"]
+    outcomes = set()
+    for delay in (2.5, 4.0):
+        target = tmp_path / f"p{delay}"
+        shutil.copytree(folder / "project", target)
+        before = (target / "state.json").read_text()
+        process = subprocess.Popen(command + ["project", "train", str(target), "--steps", "400"], cwd=repo,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env={**os.environ, "PYTHONPATH": str(repo)})
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        project = AnnotationProject(target)
+        after = (target / "state.json").read_text()
+        outcomes.add(after == before)
+        if after == before:
+            assert project.state == json.loads(before)
+        steps = project.state["weights"]["steps"]
+        project.train(steps=1)  # a rerun continues
+        assert AnnotationProject(target).state["weights"]["steps"] == steps + 1
+        assert sorted(p.name for p in (target / "weights").iterdir()) == [f"net.{project.state['generation']}.pt"]
+    assert True in outcomes  # at least one kill landed before the commit
