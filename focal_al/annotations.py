@@ -183,15 +183,11 @@ def rasterise(geometries, shape) -> np.ndarray:
     -------
     ndarray of bool of shape (H, W)
     """
-    from shapely.geometry import MultiPolygon, Polygon
     from skimage.draw import polygon as fill
 
     out = np.zeros(shape, dtype=bool)
     for geometry in geometries:
-        parts = geometry.geoms if isinstance(geometry, MultiPolygon) else [geometry]
-        for part in parts:
-            if not isinstance(part, Polygon) or part.is_empty:
-                continue
+        for part in _polygons(geometry):
             own = np.zeros(shape, dtype=bool)
             # skimage puts pixel centres at integer coordinates; GeoJSON puts them at +0.5.
             x, y = np.asarray(part.exterior.coords).T
@@ -201,6 +197,18 @@ def rasterise(geometries, shape) -> np.ndarray:
                 own[fill(y - 0.5, x - 0.5, shape)] = False
             out |= own
     return out
+
+
+def _polygons(geometry):
+    """The non-empty Polygons of a geometry, however nested (``make_valid`` may return collections)."""
+    from shapely.geometry import Polygon
+
+    if isinstance(geometry, Polygon):
+        if not geometry.is_empty:
+            yield geometry
+    else:
+        for part in getattr(geometry, "geoms", ()):
+            yield from _polygons(part)
 
 
 def _instance_geometry(binary: np.ndarray):
@@ -238,7 +246,7 @@ def mask_to_features(instances, *, classification=None, properties=None) -> list
         One Feature per object (Polygon, or MultiPolygon when the object has several parts),
         ``objectType: "annotation"``, in pixel coordinates where a pixel's centre is at +0.5.
     """
-    from shapely.geometry import GeometryCollection, MultiPolygon, Polygon, mapping
+    from shapely.geometry import MultiPolygon, mapping
     from shapely.geometry.polygon import orient
 
     instances = np.asarray(instances)
@@ -246,17 +254,11 @@ def mask_to_features(instances, *, classification=None, properties=None) -> list
     features = []
     for value in np.unique(instances[instances > 0]).tolist():
         geometry = _instance_geometry(instances == value)
-        if geometry is None:
+        # GeoJSON wants exteriors counter-clockwise (RFC 7946); a collection keeps its polygons only.
+        parts = [] if geometry is None else [orient(p) for p in _polygons(geometry)]
+        if not parts:
             continue
-        if isinstance(geometry, GeometryCollection):
-            polygons = [g for g in geometry.geoms if isinstance(g, (Polygon, MultiPolygon))]
-            geometry = MultiPolygon([p for g in polygons for p in getattr(g, "geoms", [g])])
-        if isinstance(geometry, MultiPolygon):
-            geometry = MultiPolygon([orient(p) for p in geometry.geoms])
-            if len(geometry.geoms) == 1:
-                geometry = geometry.geoms[0]
-        else:
-            geometry = orient(geometry)
+        geometry = parts[0] if len(parts) == 1 else MultiPolygon(parts)
         features.append({
             "type": "Feature",
             "geometry": mapping(geometry),

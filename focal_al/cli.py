@@ -155,7 +155,8 @@ _threads_option = click.option("--threads", type=int, help="torch CPU threads (d
 @click.option("--strategy", default="focannot", show_default=True, help="A registered patch-level strategy.")
 @click.option("--clusters", type=int, help="Number of clusters k of focannot / cluster-equal.")
 @click.option("--width", default=16, show_default=True, help="Network width w.")
-@click.option("--depth", default=4, show_default=True, help="Network depth (patch size must be a multiple of 2**depth).")
+@click.option("--depth", default=4, show_default=True,
+              help="Network depth (patch size must be a multiple of 2**depth).")
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--batch-size", default=16, show_default=True, help="Patches per gradient step.")
 @click.option("--train-steps", default=300, show_default=True, help="Gradient steps per training.")
@@ -174,7 +175,8 @@ def project_init(directory, images, clusters, **options):
 @project.command("query")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--n", "n", type=int, required=True, help="Number of regions to ask for.")
-@click.option("--strategy", help="Strategy for this round (default: the project's; random-patch while nothing is labelled).")
+@click.option("--strategy",
+              help="Strategy for this round (default: the project's; random-patch while nothing is labelled).")
 @click.option("--crops", is_flag=True, help="Also write a picture of each region with some context.")
 @click.option("--context", default=32, show_default=True, help="Context pixels around each crop.")
 @_threads_option

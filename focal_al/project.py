@@ -385,7 +385,9 @@ class AnnotationProject:
 
         files = _list_images(images if isinstance(images, (list, tuple)) else [images], mask_suffix)
         names = list(files)
-        validation = _match_masks(validation_masks, names, mask_suffix, "validation masks")[0] if validation_masks else {}
+        validation = {}
+        if validation_masks:
+            validation = _match_masks(validation_masks, names, mask_suffix, "validation masks")[0]
         pool_names = [n for n in names if n not in validation]
         if not pool_names:
             raise ProjectError("Every image has a validation mask; keep at least one image in the pool to annotate.")
@@ -444,7 +446,10 @@ class AnnotationProject:
         for entry in self.config["images"]:
             file = Path(entry["path"])
             if not file.is_file():
-                raise FileNotFoundError(f"Image '{file}' of project '{self.path}' is missing (image {entry['name']!r}).")
+                raise FileNotFoundError(
+                    f"Image '{file}' of project '{self.path}' is missing (image {entry['name']!r}); the project "
+                    f"reads the images where they were at init."
+                )
             digest = _sha256(file)
             if digest != entry["sha256"]:
                 raise ImageChangedError(
@@ -718,8 +723,8 @@ class AnnotationProject:
 
         The round's folder ``rounds/round-NNN`` holds ``regions.csv`` (every region),
         ``geojson/<image>.geojson`` (a QuPath FeatureCollection of the image's regions),
-        ``napari/<image>.csv`` (the regions as a napari Shapes layer), ``overview/<image>.png`` (the image with its regions numbered by rank) and, with ``crops``,
-        ``crops/<region>.png``.
+        ``napari/<image>.csv`` (the regions as a napari Shapes layer), ``overview/<image>.png``
+        (the image with its regions numbered by rank) and, with ``crops``, ``crops/<region>.png``.
 
         Parameters
         ----------
@@ -888,7 +893,9 @@ class AnnotationProject:
                 try:
                     shp = to_shape(geometry)
                 except (ValueError, TypeError, AttributeError, IndexError) as exc:
-                    raise AnnotationError(f"GeoJSON file '{file}': feature {k} has an invalid geometry ({exc}).") from exc
+                    raise AnnotationError(
+                        f"GeoJSON file '{file}': feature {k} has an invalid geometry ({exc})."
+                    ) from exc
                 x0, y0, x1, y1 = shp.bounds
                 tol = _FRAME_TOLERANCE
                 if x0 < -tol or y0 < -tol or x1 > w + tol or y1 > h + tol:
@@ -931,7 +938,9 @@ class AnnotationProject:
             if outside:
                 report.not_asked.append(f"'{file}': {len(outside)} object(s) outside every answered region ignored")
             regions, shapes = per_image.setdefault(name, ([], []))
-            regions.extend(r for r in answered if r not in regions)
+            for region in answered:
+                if region not in regions:
+                    regions.append(region)
             shapes.extend(objects)
         answers = {name: (regions, rasterise(shapes, self._full_shape(name)))
                    for name, (regions, shapes) in per_image.items()}
@@ -955,8 +964,8 @@ class AnnotationProject:
             new_files[name] = self._file_name("labels", name, ".png")
             _atomic_write_bytes(self.path / new_files[name], _png_bytes(labels))
         rows = np.asarray(sorted(new_rows), dtype=np.intp)
-        # The step of the active-learning loop: the learner as it stood is taught the answered rows
-        # (it checks them: unlabelled, no duplicates); the state records what it then holds.
+        # The teach step of the active-learning loop: the learner as it stood is taught the answered
+        # rows (it refuses rows already labelled or repeated) before the state records them.
         learner = self.learner()
         learner.teach(rows, y=self.patch_labels(rows, labels=new_maps))
         answered = set(rows.tolist())

@@ -250,7 +250,8 @@ def test_a_failing_command_leaves_the_project_as_it_was(synthetic, tmp_path, mon
     project = AnnotationProject(tmp_path / "p")
     assert project.state["rounds"] == [] and project.state["weights"] is None
     round_dir = project.query(4)
-    assert sorted(p.name for p in (tmp_path / "p" / "weights").iterdir()) == [project.state["weights"]["file"].split("/")[1]]
+    weights = project.state["weights"]["file"]
+    assert sorted(f"weights/{p.name}" for p in (tmp_path / "p" / "weights").iterdir()) == [weights]
 
     files = answer_round(round_dir, truth, tmp_path / "export", as_array=True)
     before = (tmp_path / "p" / "state.json").read_text()
