@@ -247,8 +247,9 @@ def project_status(directory, as_json):
     for r in s["rounds"]:
         click.echo(f"round {r['round']} ({r['strategy']}): {r['asked']} asked, {r['answered']} answered, "
                    f"{r['missing']} missing")
-    click.echo(f"regions: {s['regions_asked']} asked, {s['regions_answered']} answered; "
-               f"{s['labelled_patches']} of {s['pool_patches']} patches labelled")
+    click.echo(f"regions: {s['regions_asked']} asked, {s['regions_answered']} answered "
+               f"({s['regions_with_foreground']} with glands); {s['labelled_patches']} of {s['pool_patches']} "
+               f"patches labelled")
     click.echo(f"cost: {s['revealed_pixels']} of {s['total_pixels']} pixels ({s['cost']:.1%}), "
                f"{s['foreground_pixels']} foreground")
     weights = "up to date" if s["weights_current"] else "older than the labels (train)"

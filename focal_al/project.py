@@ -987,16 +987,21 @@ class AnnotationProject:
             ``rounds`` (round, strategy, asked, answered, missing), ``regions_asked``,
             ``regions_answered``, ``labelled_patches``, ``revealed_pixels`` / ``total_pixels`` /
             ``cost`` (original pixels of the pool images), ``foreground_pixels``,
+            ``regions_with_foreground`` (answered regions holding some gland),
             ``network_cost`` (the learner's ``cost_`` at the network's scale), ``trained_steps``,
             ``weights_current`` (trained since the last import), ``validation_dice`` (mean over
             validation images, None without validation images or weights) and ``validation``.
         """
-        revealed = foreground = total = 0
+        revealed = foreground = total = with_foreground = 0
+        answered = {row for r in self.state["rounds"] for row in r["answered"]}
+        regions = [g for g in self.regions() if g.pool_index in answered]
         for name in self.pool_names:
             labels = self.labels(name)
             revealed += int((labels != IGNORE).sum())
             foreground += int((labels == 1).sum())
             total += labels.size
+            with_foreground += sum(bool((labels[g.box[1]:g.box[3], g.box[0]:g.box[2]] == 1).any())
+                                   for g in regions if g.image == name)
         rounds = [{"round": r["round"], "strategy": r["strategy"], "asked": len(r["asked"]),
                    "answered": len(r["answered"]), "missing": len(r["asked"]) - len(r["answered"])}
                   for r in self.state["rounds"]]
@@ -1018,6 +1023,7 @@ class AnnotationProject:
             "total_pixels": total,
             "cost": revealed / total,
             "foreground_pixels": foreground,
+            "regions_with_foreground": with_foreground,
             "network_cost": float(self.learner().cost_),
             "trained_steps": (self.state["weights"] or {}).get("steps", 0),
             "weights_current": not self._weights_stale(),

@@ -152,6 +152,9 @@ def test_rounds_through_files_reveal_what_the_learner_reveals(synthetic, tmp_pat
     assert status["network_cost"] == pytest.approx(reference.cost_)
     assert status["validation_dice"] is not None and 0 <= status["validation_dice"] <= 1
     assert [r["answered"] for r in status["rounds"]] == [5, 5, 5]
+    with_glands = sum(bool((truth[g.image][g.box[1]:g.box[3], g.box[0]:g.box[2]] > 0).any()) for g in project.regions())
+    assert status["regions_with_foreground"] == with_glands
+    assert f"15 answered ({with_glands} with glands)" in invoke("project", "status", project_dir)
 
 
 def test_round_exports_follow_qupath_conventions(synthetic, tmp_path):
