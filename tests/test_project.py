@@ -199,12 +199,13 @@ def test_masks_import_is_partial_and_resumable(synthetic, tmp_path):
     report = AnnotationProject(tmp_path / "p").import_masks(tmp_path / "part1")
     assert sorted(report.answered) == sorted(g.name for g in asked if g.image == first)
     assert sorted(report.missing) == sorted(g.name for g in asked if g.image != first)
+    # Training waits for `train`, or for the next query / predict, which train first.
+    assert not AnnotationProject(tmp_path / "p").status()["weights_current"]
     with pytest.raises(ValueError, match="unanswered region"):
         AnnotationProject(tmp_path / "p").query(2)
-    report = AnnotationProject(tmp_path / "p").import_masks(folder / "truth")
-    assert sorted(report.answered) == sorted(g.name for g in asked if g.image != first)
-    assert report.missing == []
-    assert any("has no open region" in line for line in report.not_asked)
+    out = invoke("project", "import", tmp_path / "p", "--masks", folder / "truth")
+    assert f"{sum(g.image != first for g in asked)} region(s) answered; 0 still missing." in out
+    assert "has no open region" in out
     project = AnnotationProject(tmp_path / "p")
     for name in project.pool_names:
         labels = project.labels(name)
@@ -222,14 +223,15 @@ def test_train_and_predict_write_masks_and_objects(synthetic, tmp_path):
     folder, data = synthetic
     project_dir = tmp_path / "p"
     invoke("project", "init", project_dir, "--images", folder / "images", "--masks", folder / "initial", *TINY)
-    out = invoke("project", "train", project_dir, "--steps", 2)
-    assert "2 steps in all" in out
     invoke("project", "predict", project_dir, "--out", tmp_path / "pred")
+    assert AnnotationProject(project_dir).state["weights"]["steps"] == 3  # trained first: --train-steps 3
+    out = invoke("project", "train", project_dir, "--steps", 2)
+    assert "5 steps in all" in out
     for name in data.names:
         with Image.open(tmp_path / "pred" / f"{name}_mask.png") as mask:
             assert mask.size == (128, 96)
         check_qupath_geojson(tmp_path / "pred" / f"{name}.geojson", (96, 128))
-    assert "network: 2 steps, up to date" in invoke("project", "status", project_dir)
+    assert "network: 5 steps, up to date" in invoke("project", "status", project_dir)
 
 
 def test_a_failing_command_leaves_the_project_as_it_was(synthetic, tmp_path, monkeypatch):
