@@ -199,15 +199,19 @@ def project_query(directory, n, strategy, crops, context, threads):
               help="Folder of label masks (<image><suffix>.png, original size); answers the images' open regions.")
 @click.option("--mask-suffix", help="Suffix of the mask file stems (default: the project's).")
 @click.option("--geojson", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="QuPath GeoJSON export named <image>.geojson (repeatable).")
+              help="QuPath GeoJSON export named <image>.geojson; more files may follow (--geojson exports/*.geojson).")
 @click.option("--image", help="The image the --geojson files annotate (default: each file's stem).")
+@click.argument("more_geojson", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @_user_errors
-def project_import(directory, masks, mask_suffix, geojson, image):
+def project_import(directory, masks, mask_suffix, geojson, image, more_geojson):
     """Read annotations of the asked regions (label masks or QuPath GeoJSON); partial imports are fine."""
     from focal_al.project import AnnotationProject
 
     if bool(masks) == bool(geojson):
         raise click.UsageError("Give either --masks or --geojson.")
+    if more_geojson and not geojson:
+        raise click.UsageError(f"Files {list(more_geojson)[:3]} follow no --geojson.")
+    geojson = geojson + more_geojson
     p = AnnotationProject(directory)
     report = p.import_masks(masks, mask_suffix=mask_suffix) if masks else p.import_geojson(list(geojson), image=image)
     click.echo(f"{len(report.answered)} region(s) answered; {len(report.missing)} still missing"

@@ -128,7 +128,8 @@ def test_rounds_through_files_reveal_what_the_learner_reveals(synthetic, tmp_pat
         round_dir = project_dir / "rounds" / f"round-{round_:03d}"
         assert str(round_dir) in out
         files = answer_round(round_dir, truth, tmp_path / f"export-{round_}", as_array=as_array)
-        out = invoke("project", "import", project_dir, *[a for f in files for a in ("--geojson", f)])
+        # As a shell expands `--geojson exports/*.geojson`: one option, then the other files.
+        out = invoke("project", "import", project_dir, "--geojson", *files)
         assert "5 region(s) answered; 0 still missing" in out
         project = AnnotationProject(project_dir)
         teaches.append(project.state["rounds"][-1]["asked"])
