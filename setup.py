@@ -31,8 +31,9 @@ setup(
         "scikit-image>=0.21",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        "shapely>=2.0",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6.80", "geojson>=3.0"]},
     entry_points={
         "console_scripts": ["focal-al = focal_al.cli:main"],
         "focal_al.criteria": ["builtin = focal_al_plugins.criteria"],

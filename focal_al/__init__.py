@@ -23,6 +23,7 @@ _EXPORTS = {
     "RevealedPixels": "cost",
     "PatchActiveLearner": "learner",
     "query_strategy": "registry",
+    "AnnotationProject": "project",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -123,3 +123,167 @@ def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, **opt
             click.echo(run_bench(config, resume=resume, quiet=quiet, with_full_supervision=full_supervision))
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
         raise click.ClickException(str(err)) from err
+
+
+@main.group()
+def project():
+    """Annotate your own images: rounds of regions to label in QuPath or napari, import, train, predict."""
+
+
+def _user_errors(func):
+    """Report bad input and a refused request as a one-line error instead of a traceback."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
+            raise click.ClickException(str(err)) from err
+    return wrapper
+
+
+def _threads(threads):
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+
+
+_threads_option = click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
+
+
+@project.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--images", multiple=True, required=True, type=click.Path(exists=True),
+              help="An image file or a folder of images (repeatable); names are the file stems.")
+@click.option("--masks", type=click.Path(exists=True, file_okay=False),
+              help="Complete label masks of some images (<name><suffix>.png, original size): they start labelled.")
+@click.option("--validation-masks", type=click.Path(exists=True, file_okay=False),
+              help="Complete masks of images kept out of the pool; status reports Dice on them.")
+@click.option("--mask-suffix", default="", show_default=True, help="Suffix of the mask file stems, e.g. _anno.")
+@click.option("--patch-size", default=64, show_default=True, help="Region side at the network's scale (pixels).")
+@click.option("--overlap", default=0.5, show_default=True, help="Overlap of neighbouring patches in [0, 1).")
+@click.option("--scale", default=1.0, show_default=True, help="Resolution the network works at (0.5 = half).")
+@click.option("--strategy", default="focannot", show_default=True, help="A registered patch-level strategy.")
+@click.option("--clusters", type=int, help="Number of clusters k of focannot / cluster-equal.")
+@click.option("--width", default=16, show_default=True, help="Network width w.")
+@click.option("--depth", default=4, show_default=True,
+              help="Network depth (patch size must be a multiple of 2**depth).")
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--batch-size", default=16, show_default=True, help="Patches per gradient step.")
+@click.option("--train-steps", default=300, show_default=True, help="Gradient steps per training.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the network, training batches and queries.")
+@_user_errors
+def project_init(directory, images, clusters, **options):
+    """Create a project in DIRECTORY: partition the images, record the configuration and checksums."""
+    from focal_al.project import AnnotationProject
+
+    params = {} if clusters is None else {"k": clusters}
+    p = AnnotationProject.create(directory, list(images), strategy_params=params, **options)
+    click.echo(f"{p.path}: {len(p.pool_names)} pool images ({len(p.store)} patches), "
+               f"{len(p.validation_names)} validation images, {p.labelled().size} patches labelled.")
+
+
+@project.command("query")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--n", "n", type=int, required=True, help="Number of regions to ask for.")
+@click.option("--strategy",
+              help="Strategy for this round (default: the project's; random-patch while nothing is labelled).")
+@click.option("--crops", is_flag=True, help="Also write a picture of each region with some context.")
+@click.option("--context", default=32, show_default=True, help="Context pixels around each crop.")
+@_threads_option
+@_user_errors
+def project_query(directory, n, strategy, crops, context, threads):
+    """Train if needed, score the pool once and write the next round's regions to annotate."""
+    from focal_al.project import AnnotationProject
+
+    _threads(threads)
+    p = AnnotationProject(directory)
+    folder = p.query(n, strategy=strategy, crops=crops, context=context)
+    regions = p.regions(p.state["rounds"][-1]["round"])
+    click.echo(f"{folder}: {len(regions)} regions in {len({g.image for g in regions})} images "
+               f"(regions.csv, geojson/, napari/, overview/{', crops/' if crops else ''}).")
+
+
+@project.command("import")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--masks", type=click.Path(exists=True, file_okay=False),
+              help="Folder of label masks (<image><suffix>.png, original size); answers the images' open regions.")
+@click.option("--mask-suffix", help="Suffix of the mask file stems (default: the project's).")
+@click.option("--geojson", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="QuPath GeoJSON export named <image>.geojson; more files may follow (--geojson exports/*.geojson).")
+@click.option("--image", help="The image the --geojson files annotate (default: each file's stem).")
+@click.argument("more_geojson", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@_user_errors
+def project_import(directory, masks, mask_suffix, geojson, image, more_geojson):
+    """Read annotations of the asked regions (label masks or QuPath GeoJSON); partial imports are fine."""
+    from focal_al.project import AnnotationProject
+
+    if bool(masks) == bool(geojson):
+        raise click.UsageError("Give either --masks or --geojson.")
+    if more_geojson and not geojson:
+        raise click.UsageError(f"Files {list(more_geojson)[:3]} follow no --geojson.")
+    geojson = geojson + more_geojson
+    p = AnnotationProject(directory)
+    report = p.import_masks(masks, mask_suffix=mask_suffix) if masks else p.import_geojson(list(geojson), image=image)
+    click.echo(f"{len(report.answered)} region(s) answered; {len(report.missing)} still missing"
+               + (f": {', '.join(report.missing)}" if report.missing else "."))
+    for line in report.not_asked:
+        click.echo(f"not used: {line}")
+
+
+@project.command("train")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--steps", type=int, help="Gradient steps (default: the project's --train-steps).")
+@_threads_option
+@_user_errors
+def project_train(directory, steps, threads):
+    """Train the network on every labelled pixel, continuing from the saved weights."""
+    from focal_al.project import AnnotationProject
+
+    _threads(threads)
+    weights = AnnotationProject(directory).train(steps=steps)
+    click.echo(f"trained: {weights['steps']} steps in all; weights {weights['file']}")
+
+
+@project.command("status")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@_user_errors
+def project_status(directory, as_json):
+    """Rounds, regions asked / answered, annotation cost, and Dice on the validation images."""
+    import json
+
+    from focal_al.project import AnnotationProject
+
+    s = AnnotationProject(directory).status()
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    for r in s["rounds"]:
+        click.echo(f"round {r['round']} ({r['strategy']}): {r['asked']} asked, {r['answered']} answered, "
+                   f"{r['missing']} missing")
+    click.echo(f"regions: {s['regions_asked']} asked, {s['regions_answered']} answered "
+               f"({s['regions_with_foreground']} with glands); {s['labelled_patches']} of {s['pool_patches']} "
+               f"patches labelled")
+    click.echo(f"cost: {s['revealed_pixels']} of {s['total_pixels']} pixels ({s['cost']:.1%}), "
+               f"{s['foreground_pixels']} foreground")
+    weights = "up to date" if s["weights_current"] else "older than the labels (train)"
+    click.echo(f"network: {s['trained_steps']} steps, {weights}")
+    if s["validation_dice"] is not None:
+        click.echo(f"validation Dice: {s['validation_dice']:.3f} over {len(s['validation'])} images")
+
+
+@project.command("predict")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@_threads_option
+@_user_errors
+def project_predict(directory, out, threads):
+    """Segment every image: <name>_mask.png (instance ids) and <name>.geojson (objects) in --out."""
+    from focal_al.project import AnnotationProject
+
+    _threads(threads)
+    files = AnnotationProject(directory).predict(out)
+    click.echo(f"{len(files) // 2} images segmented into {out}")

@@ -1,0 +1,1112 @@
+"""Annotation projects: a folder in which a person labels, round by round, the regions the learner asks for.
+
+A project turns a folder of unlabelled images into rounds of FocAnnot queries answered by a person
+(QuPath GeoJSON or label masks, see :mod:`focal_al.annotations`). Its loop is
+:class:`focal_al.learner.PatchActiveLearner`: ``query`` picks patches, ``teach`` records the
+imported labels; the project only keeps the learner's state between sessions, as data.
+
+Layout of a project folder::
+
+    project.json          configuration, written once by init: images (absolute paths, SHA-256,
+                          sizes, role), patch geometry, scale, strategy, network
+    state.json            the commit point: rounds (asked / answered pool rows), label and weight
+                          files in use
+    pool.h5               the PatchStore of the pool images at the network's scale
+    labels/<name>.<g>.png full-resolution class labels (0 background, 1 gland, 255 not annotated)
+    validation/<name>.png full-resolution labels of the held-out validation images
+    .lock                 held (flock) by a command that commits, so that two cannot interleave
+    weights/<g>.pt        the network's state_dict (loaded with ``weights_only=True``)
+    rounds/round-NNN/     the exports of round NNN: regions.csv, geojson/, napari/, overview/, crops/
+
+Every command writes new files under new names, then replaces ``state.json`` atomically: a
+command killed at any point leaves the project as it was (files it had written are unreferenced
+and removed by the next command), and running it again continues. Coordinates in every file are
+pixels of the original images, whatever ``scale`` the network works at.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from focal_al.annotations import (
+    OBJECT_CLASS,
+    REGION_CLASS,
+    AnnotationError,
+    Region,
+    draw_crop,
+    draw_overview,
+    feature_collection,
+    mask_to_features,
+    napari_shapes_csv,
+    rasterise,
+    read_geojson,
+    read_label_mask,
+    region_feature,
+    regions_csv,
+)
+
+__all__ = ["AnnotationProject", "ImportReport", "ProjectError", "ImageChangedError"]
+
+FORMAT = "focal_al.project"
+FORMAT_VERSION = 1
+IGNORE = 255
+_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+# A GeoJSON coordinate may sit on the image border (x == W); allow QuPath's float rounding beyond
+# it, no more: a larger excess means another coordinate frame.
+_FRAME_TOLERANCE = 1.0
+
+
+class ProjectError(ValueError):
+    """A project folder, or a request on it, that cannot be carried out as it stands."""
+
+
+class ImageChangedError(ProjectError):
+    """An image file differs from the one the project was initialised with."""
+
+
+@dataclass
+class ImportReport:
+    """What an import did.
+
+    Attributes
+    ----------
+    answered : list of str
+        Regions answered by this import.
+    missing : list of str
+        Regions asked and still unanswered after it.
+    not_asked : list of str
+        Annotations accepted but not used: region rectangles never asked (or answered before),
+        files for images without open regions, objects outside every asked region.
+    """
+
+    answered: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    not_asked: list = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _seed(*parts) -> int:
+    return int(np.random.default_rng([int(p) for p in parts]).integers(2**31 - 1))
+
+
+def _scaled_shape(shape, scale: float) -> tuple:
+    # The rule of SegmentationDataset.rescale, so that a project and a bench see the same pixels.
+    h, w = shape
+    return (max(1, round(h * scale)), max(1, round(w * scale))) if scale != 1.0 else (h, w)
+
+
+def _resize_image(image: np.ndarray, shape) -> np.ndarray:
+    from PIL import Image
+
+    if tuple(image.shape[:2]) == tuple(shape):
+        return image
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+def _sample_rows(n_out: int, n_in: int) -> np.ndarray:
+    # Pixel i of the scaled image samples the original pixel under its centre: floor((i + 0.5) n_in / n_out).
+    return ((2 * np.arange(n_out) + 1) * n_in) // (2 * n_out)
+
+
+def _downsample_labels(labels: np.ndarray, shape) -> np.ndarray:
+    return labels[np.ix_(_sample_rows(shape[0], labels.shape[0]), _sample_rows(shape[1], labels.shape[1]))]
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def _list_images(sources, mask_suffix: str) -> dict:
+    """Image files named by ``sources`` (files or folders), keyed by stem, in natural order."""
+    from focal_al.datasets import _natural_key
+
+    files = {}
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            found = [p for p in sorted(source.iterdir())
+                     if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
+                     and not (mask_suffix and p.stem.endswith(mask_suffix))]
+        elif source.is_file():
+            found = [source]
+        else:
+            raise FileNotFoundError(f"Image source '{source}' is neither a file nor a folder.")
+        for path in found:
+            if path.stem in files and files[path.stem].resolve() != path.resolve():
+                raise ProjectError(
+                    f"Two images share the name {path.stem!r}: '{files[path.stem]}' and '{path}'; "
+                    f"image names (file stems) must be unique."
+                )
+            files[path.stem] = path
+    if not files:
+        raise FileNotFoundError(f"No images ({', '.join(_IMAGE_SUFFIXES)}) in {[str(s) for s in sources]}.")
+    return {k: files[k] for k in sorted(files, key=_natural_key)}
+
+
+def _match_masks(folder, names, mask_suffix: str, what: str) -> tuple:
+    """Mask files of ``folder`` keyed by the image they annotate (``<name><mask_suffix>.<ext>``), and the others."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"The {what} folder '{folder}' does not exist.")
+    found, unknown = {}, []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in _IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        stem = path.stem
+        if mask_suffix:
+            if not stem.endswith(mask_suffix):
+                continue
+            stem = stem[: -len(mask_suffix)]
+        if stem in names:
+            found[stem] = path
+        else:
+            unknown.append(path.name)
+    if unknown and not found:
+        raise AnnotationError(
+            f"No file in the {what} folder '{folder}' matches a project image: found {unknown[:5]}, "
+            f"expected '<image name>{mask_suffix}.png' for images such as {list(names)[:3]}."
+        )
+    return found, unknown
+
+
+def _exclusive(method):
+    """Run a command that commits with the project locked, on the state it was opened with.
+
+    Two commands committing at once would each replace ``state.json`` with their own successor of
+    the same state, and one of them would be lost.
+    """
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            lock = stack.enter_context(open(self.path / ".lock", "a"))
+            try:
+                import fcntl
+            except ImportError:  # not POSIX: no advisory locks, commands must not overlap
+                fcntl = None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ProjectError(
+                        f"Another focal-al command is working on project '{self.path}'; run this one when it ends."
+                    ) from None
+            on_disk = json.loads((self.path / "state.json").read_text(encoding="utf-8"))
+            if on_disk.get("generation") != self.state["generation"]:
+                raise ProjectError(
+                    f"Project '{self.path}' was changed by another command since it was opened here; open it again."
+                )
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+class _RecordedTeaching:
+    """The estimator the learner teaches: it scores with the network and leaves training to the project.
+
+    ``PatchActiveLearner.teach`` refits its estimator at once; a project rebuilds its learner from
+    the files at every command and trains only in ``train`` (or when ``query`` / ``predict`` find
+    the weights older than the labels), so ``partial_fit`` here does nothing.
+    """
+
+    def __init__(self, net):
+        self.net = net
+
+    def score_pool(self, X):
+        return self.net.score_pool(X)
+
+    def partial_fit(self, X, y):
+        return self
+
+
+class AnnotationProject:
+    """An annotation project folder; open an existing one with ``AnnotationProject(path)``.
+
+    Opening reads ``project.json`` and ``state.json`` and checks the SHA-256 of every image.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The project folder, made by :meth:`create`.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    config : dict
+        The configuration written by :meth:`create`.
+    state : dict
+        The committed state.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        config_file = self.path / "project.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"'{self.path}' is not a focal-al project: '{config_file}' is missing "
+                f"(create one with `focal-al project init`)."
+            )
+        self.config = json.loads(config_file.read_text(encoding="utf-8"))
+        if self.config.get("format") != FORMAT or self.config.get("format_version") != FORMAT_VERSION:
+            raise ProjectError(
+                f"'{config_file}' has format {self.config.get('format')!r} version "
+                f"{self.config.get('format_version')!r}; expected {FORMAT!r} version {FORMAT_VERSION}."
+            )
+        self.state = json.loads((self.path / "state.json").read_text(encoding="utf-8"))
+        if self.state.get("format") != f"{FORMAT}.state":
+            raise ProjectError(
+                f"'{self.path / 'state.json'}' has format {self.state.get('format')!r}; expected {FORMAT}.state."
+            )
+        self._images = {entry["name"]: entry for entry in self.config["images"]}
+        self._check_images()
+        self._store = None
+
+    # ------------------------------------------------------------------------------- creating
+
+    @classmethod
+    def create(
+        cls,
+        path,
+        images,
+        *,
+        masks=None,
+        validation_masks=None,
+        mask_suffix="",
+        patch_size=64,
+        overlap=0.5,
+        scale=1.0,
+        strategy="focannot",
+        strategy_params=None,
+        width=16,
+        depth=4,
+        lr=1e-3,
+        batch_size=16,
+        train_steps=300,
+        seed=0,
+    ):
+        """Create a project: partition the images into a patch pool and take complete masks as labels.
+
+        The folder is built under a temporary name next to ``path`` and renamed into place when
+        complete, so an interrupted ``create`` leaves nothing at ``path``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The new project folder; must not exist (or be empty).
+        images : sequence of str or path-like
+            Image files, or folders whose image files are all taken (name = file stem).
+        masks : str or path-like, optional
+            Folder of complete label masks (``<name><mask_suffix>.<ext>``, original size, 0 =
+            background, positive = gland) of some pool images: those images start labelled.
+        validation_masks : str or path-like, optional
+            Folder of complete masks of images held out of the pool: ``status`` reports Dice on them.
+        mask_suffix : str, default=""
+            Suffix of the mask file stems, e.g. ``"_anno"`` (GlaS).
+        patch_size : int, default=64
+            Side of the regions (patches) at the network's scale; a multiple of ``2**depth``.
+        overlap : float in [0, 1), default=0.5
+            Overlap of neighbouring patches.
+        scale : float in (0, 1], default=1.0
+            Resolution the network works at (0.5 = half); exports stay in original pixels.
+        strategy : str, default="focannot"
+            A registered patch-level strategy.
+        strategy_params : dict, optional
+            Its keyword parameters (e.g. ``{"k": 3}``).
+        width, depth : int, default=16, 4
+            ED-ConvNet width and number of poolings.
+        lr : float, default=1e-3
+        batch_size : int, default=16
+        train_steps : int, default=300
+            Gradient steps per training.
+        seed : int, default=0
+            Seeds the network, the training batches and the queries.
+
+        Returns
+        -------
+        AnnotationProject
+        """
+        from focal_al.datasets import _read_image
+        from focal_al.patches import _check_overlap, _check_patch_size
+        from focal_al.registry import strategy_info
+        from focal_al.store import PatchStore
+
+        path = Path(path)
+        caller = "AnnotationProject.create"
+        patch_size = _check_patch_size(patch_size, caller)
+        overlap = _check_overlap(overlap, caller)
+        for name, value, low in (("width", width, 1), ("depth", depth, 1), ("batch_size", batch_size, 1),
+                                 ("train_steps", train_steps, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"The '{name}' parameter of {caller} must be an int >= {low}. Got {value!r} instead.")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+            raise ValueError(f"The 'scale' parameter of {caller} must be a float in (0, 1]. Got {scale!r} instead.")
+        if patch_size % 2**depth:
+            raise ValueError(
+                f"The 'patch_size' parameter of {caller} must be a multiple of 2**depth = {2**depth} "
+                f"(the network pools {depth} times). Got {patch_size} instead."
+            )
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"The 'lr' parameter of {caller} must be a positive float. Got {lr!r} instead.")
+        if strategy_info(strategy).kind != "patch":
+            raise ValueError(
+                f"The 'strategy' parameter of {caller} must be a patch-level strategy (regions are "
+                f"patches). Got {strategy!r}, an image-level strategy."
+            )
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"Project folder '{path}' already exists and is not empty.")
+
+        files = _list_images(images if isinstance(images, (list, tuple)) else [images], mask_suffix)
+        names = list(files)
+        validation = {}
+        if validation_masks:
+            validation = _match_masks(validation_masks, names, mask_suffix, "validation masks")[0]
+        pool_names = [n for n in names if n not in validation]
+        if not pool_names:
+            raise ProjectError("Every image has a validation mask; keep at least one image in the pool to annotate.")
+        initial = _match_masks(masks, pool_names, mask_suffix, "masks")[0] if masks else {}
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            (tmp / "labels").mkdir()
+            (tmp / "validation").mkdir()
+            entries, scaled, labels_scaled, label_files = [], [], [], {}
+            for name in names:
+                image = _read_image(files[name])
+                shape = image.shape[:2]
+                role = "validation" if name in validation else "pool"
+                entries.append({"name": name, "path": str(files[name].resolve()), "sha256": _sha256(files[name]),
+                                "height": int(shape[0]), "width": int(shape[1]), "role": role})
+                if role == "validation":
+                    labels = read_label_mask(validation[name], shape).astype(np.uint8)
+                    (tmp / "validation" / f"{name}.png").write_bytes(_png_bytes(labels))
+                    continue
+                small = _scaled_shape(shape, float(scale))
+                scaled.append(_resize_image(image, small))
+                if name in initial:
+                    labels = read_label_mask(initial[name], shape).astype(np.uint8)
+                    label_files[name] = f"labels/{name}.0.png"
+                    (tmp / label_files[name]).write_bytes(_png_bytes(labels))
+                    labels_scaled.append(_downsample_labels(labels, small))
+                else:
+                    labels_scaled.append(np.full(small, IGNORE, dtype=np.uint8))
+            store = PatchStore.build(tmp / "pool.h5", scaled, labels_scaled, pool_names,
+                                     patch_size=patch_size, overlap=overlap, allow_padding=True)
+            initial_rows = np.flatnonzero(np.isin(store.image_index, [pool_names.index(n) for n in initial]))
+            config = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "images": entries,
+                "patch_size": patch_size, "overlap": overlap, "scale": float(scale),
+                "strategy": strategy, "strategy_params": dict(strategy_params or {}),
+                "network": {"module": "ed-convnet", "width": int(width), "depth": int(depth), "lr": float(lr),
+                            "batch_size": int(batch_size), "train_steps": int(train_steps)},
+                "seed": int(seed), "mask_suffix": mask_suffix,
+            }
+            state = {"format": f"{FORMAT}.state", "generation": 0, "labels": label_files,
+                     "labels_generation": 0, "initial": initial_rows.tolist(), "rounds": [], "weights": None}
+            _write_json(tmp / "project.json", config)
+            _write_json(tmp / "state.json", state)
+            _fsync_tree(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(path)
+
+    # ------------------------------------------------------------------------------- reading
+
+    def _check_images(self) -> None:
+        for entry in self.config["images"]:
+            file = Path(entry["path"])
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"Image '{file}' of project '{self.path}' is missing (image {entry['name']!r}); the project "
+                    f"reads the images where they were at init."
+                )
+            digest = _sha256(file)
+            if digest != entry["sha256"]:
+                raise ImageChangedError(
+                    f"Image '{file}' has changed since the project was initialised (SHA-256 {digest[:12]}..., "
+                    f"expected {entry['sha256'][:12]}...): its annotations and patches no longer match it. "
+                    f"Restore the original file or start a new project."
+                )
+
+    @property
+    def pool_names(self) -> list:
+        """Names of the pool images, in pool order."""
+        return [e["name"] for e in self.config["images"] if e["role"] == "pool"]
+
+    @property
+    def validation_names(self) -> list:
+        """Names of the held-out validation images."""
+        return [e["name"] for e in self.config["images"] if e["role"] == "validation"]
+
+    @property
+    def store(self):
+        """The project's :class:`focal_al.store.PatchStore` (the pool at the network's scale)."""
+        if self._store is None:
+            from focal_al.store import PatchStore
+
+            self._store = PatchStore(self.path / "pool.h5")
+        return self._store
+
+    def _full_shape(self, name) -> tuple:
+        entry = self._images[name]
+        return entry["height"], entry["width"]
+
+    def _read_full_image(self, name) -> np.ndarray:
+        from focal_al.datasets import _read_image
+
+        return _read_image(Path(self._images[name]["path"]))
+
+    def labels(self, name) -> np.ndarray:
+        """Full-resolution class labels of a pool image: 0, 1, or 255 where nothing is annotated.
+
+        Parameters
+        ----------
+        name : str
+
+        Returns
+        -------
+        ndarray of uint8 of shape (H, W)
+        """
+        file = self.state["labels"].get(name)
+        if file is None:
+            return np.full(self._full_shape(name), IGNORE, dtype=np.uint8)
+        return np.array(_read_png(self.path / file))
+
+    def labelled(self) -> np.ndarray:
+        """Sorted pool rows labelled so far (initial images and answered regions)."""
+        rows = list(self.state["initial"])
+        for r in self.state["rounds"]:
+            rows.extend(r["answered"])
+        return np.unique(np.asarray(rows, dtype=np.intp))
+
+    def regions(self, round_=None) -> list:
+        """The regions asked (all rounds, or one), as :class:`focal_al.annotations.Region`.
+
+        Parameters
+        ----------
+        round_ : int, optional
+
+        Returns
+        -------
+        list of Region
+        """
+        out = []
+        for r in self.state["rounds"]:
+            if round_ is not None and r["round"] != round_:
+                continue
+            for rank, (row, score) in enumerate(zip(r["asked"], r["scores"]), start=1):
+                out.append(self._region(row, r["round"], rank, score))
+        return out
+
+    def _region(self, row, round_, rank, score) -> Region:
+        store = self.store
+        i = int(store.image_index[row])
+        name = store.image_names[i]
+        y, x = (int(v) for v in store.coords[row])
+        hs, ws = (int(v) for v in store.image_shapes[i])
+        h, w = self._full_shape(name)
+        l = store.patch_size
+        # Exact integer scaling: the box holds every original pixel a patch pixel samples (_sample_rows).
+        y1, x1 = min(y + l, hs), min(x + l, ws)
+        box = ((x * w) // ws, (y * h) // hs, -((-x1 * w) // ws), -((-y1 * h) // hs))
+        return Region(name=f"R{round_}-{rank:03d}", round=int(round_), rank=int(rank), score=float(score),
+                      image=name, box=tuple(int(v) for v in box), pool_index=int(row))
+
+    def open_regions(self) -> list:
+        """Regions asked and not answered yet."""
+        answered = {row for r in self.state["rounds"] for row in r["answered"]}
+        return [g for g in self.regions() if g.pool_index not in answered]
+
+    # ------------------------------------------------------------------------------- the learner
+
+    def patch_labels(self, rows, *, labels=None) -> np.ndarray:
+        """Class labels of pool rows at the network's scale (255 outside the annotated pixels).
+
+        Parameters
+        ----------
+        rows : ndarray of int of shape (n,)
+        labels : dict of str to ndarray, optional
+            Full-resolution label maps to use instead of the committed ones, by image name.
+
+        Returns
+        -------
+        ndarray of uint8 of shape (n, l, l)
+        """
+        from focal_al.patches import _mirror_pad, patch_grid
+
+        store, l = self.store, self.store.patch_size
+        rows = np.asarray(rows, dtype=np.intp)
+        out = np.empty((len(rows), l, l), dtype=np.uint8)
+        for i in np.unique(store.image_index[rows]).tolist():
+            shape = tuple(int(v) for v in store.image_shapes[i])
+            name = store.image_names[i]
+            full = labels[name] if labels and name in labels else self.labels(name)
+            small = _downsample_labels(full, shape)
+            padded = _mirror_pad(small, patch_grid(shape, l, store.overlap, allow_padding=True).padded_shape)
+            for k in np.flatnonzero(store.image_index[rows] == i):
+                y, x = (int(v) for v in store.coords[rows[k]])
+                out[k] = padded[y:y + l, x:x + l]
+        return out
+
+    def _make_net(self):
+        from focal_al.estimator import SegmentationNet
+
+        net = self.config["network"]
+        return SegmentationNet(module__width=net["width"], module__depth=net["depth"], lr=net["lr"],
+                               batch_size=net["batch_size"], max_epochs=1, steps_per_epoch=net["train_steps"],
+                               warm_start=True, random_state=self.config["seed"])
+
+    def _load_net(self):
+        net = self._make_net()
+        if self.state["weights"] is None:
+            net.initialize()
+        else:
+            net.load_weights(self.path / self.state["weights"]["file"])
+        return net
+
+    def learner(self, net=None, *, strategy=None, strategy_params=None, round_=None):
+        """The project's :class:`focal_al.learner.PatchActiveLearner`, rebuilt from the files.
+
+        Every labelled pool row is taught once with its labels from the label files (without
+        training: training happens in :meth:`train`).
+
+        Parameters
+        ----------
+        net : SegmentationNet, optional
+            Scores the pool in ``query``; None for a learner that only teaches.
+        strategy : str, optional
+            Default: the project's strategy.
+        strategy_params : dict, optional
+            Default: the project's strategy parameters (when ``strategy`` is the project's).
+        round_ : int, optional
+            The round the strategy's random stream is seeded for (default: the next round).
+
+        Returns
+        -------
+        PatchActiveLearner
+        """
+        from focal_al.learner import PatchActiveLearner
+        from focal_al.registry import query_strategy
+
+        name = strategy or self.config["strategy"]
+        params = strategy_params if strategy_params is not None else (
+            self.config["strategy_params"] if name == self.config["strategy"] else {})
+        round_ = len(self.state["rounds"]) + 1 if round_ is None else round_
+        learner = PatchActiveLearner(
+            _RecordedTeaching(net),
+            query_strategy(name, random_state=_seed(self.config["seed"], 1, round_), **params),
+            store=self.store, random_state=_seed(self.config["seed"], 2, round_),
+        )
+        labelled = self.labelled()
+        if labelled.size:
+            learner.teach(labelled, y=self.patch_labels(labelled))
+        return learner
+
+    # ------------------------------------------------------------------------------- committing
+
+    def _commit(self, state) -> None:
+        state = dict(state, generation=self.state["generation"] + 1)
+        _write_json(self.path / "state.json", state)
+        self.state = state
+        self._remove_unreferenced()
+
+    def _remove_unreferenced(self) -> None:
+        """Delete files a killed command wrote but never committed, and files no longer in use."""
+        keep = {self.path / f for f in self.state["labels"].values()}
+        if self.state["weights"] is not None:
+            keep.add(self.path / self.state["weights"]["file"])
+        for folder in ("labels", "weights"):
+            for file in (self.path / folder).glob("*") if (self.path / folder).is_dir() else ():
+                if file not in keep:
+                    file.unlink()
+        for file in self.path.glob(".*.tmp"):
+            file.unlink()
+        rounds = {f"round-{r['round']:03d}" for r in self.state["rounds"]}
+        for folder in (self.path / "rounds").glob("*") if (self.path / "rounds").is_dir() else ():
+            if folder.name not in rounds:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _file_name(self, folder: str, stem: str, suffix: str) -> str:
+        (self.path / folder).mkdir(exist_ok=True)
+        return f"{folder}/{stem}.{self.state['generation'] + 1}{suffix}"
+
+    # ------------------------------------------------------------------------------- training
+
+    def _weights_stale(self) -> bool:
+        weights = self.state["weights"]
+        return weights is None or weights["labels_generation"] != self.state["labels_generation"]
+
+    def _train(self, net, learner, steps) -> dict:
+        """Continue training ``net`` on the learner's labelled rows and write the weights (uncommitted)."""
+        import torch
+
+        total = (self.state["weights"] or {}).get("steps", 0) + steps
+        net.set_params(steps_per_epoch=int(steps), random_state=_seed(self.config["seed"], 3, total))
+        # What PatchActiveLearner.teach fits on: the labelled rows and their labels, warm started.
+        net.partial_fit(np.asarray(self.store.patches[learner.labelled_]), learner.y_labelled_)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in net.module_.state_dict().items()}, buffer)
+        file = self._file_name("weights", "net", ".pt")
+        _atomic_write_bytes(self.path / file, buffer.getvalue())
+        return {"file": file, "labels_generation": self.state["labels_generation"], "steps": total}
+
+    @_exclusive
+    def train(self, *, steps=None) -> dict:
+        """Train the network on every labelled pixel (continuing from the saved weights).
+
+        Parameters
+        ----------
+        steps : int, optional
+            Gradient steps; default the project's ``train_steps``.
+
+        Returns
+        -------
+        dict
+            The weights entry of the state: ``file``, ``steps`` (total so far).
+        """
+        steps = self.config["network"]["train_steps"] if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"The 'steps' parameter of train must be an int >= 1. Got {steps!r} instead.")
+        if not self.labelled().size:
+            raise ProjectError(
+                f"Project '{self.path}' has no labels to train on: give complete masks to init, or "
+                f"query regions and import their annotations first."
+            )
+        net = self._load_net()
+        weights = self._train(net, self.learner(net), steps)
+        self._commit(dict(self.state, weights=weights))
+        return weights
+
+    def _trained_net(self):
+        """The network, trained first if labels changed since its weights (the new weights uncommitted)."""
+        net = self._load_net()
+        weights = self.state["weights"]
+        if self.labelled().size and self._weights_stale():
+            weights = self._train(net, self.learner(net), self.config["network"]["train_steps"])
+        return net, weights
+
+    # ------------------------------------------------------------------------------- querying
+
+    @_exclusive
+    def query(self, n, *, strategy=None, strategy_params=None, crops=False, context=32) -> Path:
+        """Ask for ``n`` regions: train if needed, score the pool once, export round r.
+
+        The round's folder ``rounds/round-NNN`` holds ``regions.csv`` (every region),
+        ``geojson/<image>.geojson`` (a QuPath FeatureCollection of the image's regions),
+        ``napari/<image>.csv`` (the regions as a napari Shapes layer), ``overview/<image>.png``
+        (the image with its regions numbered by rank) and, with ``crops``, ``crops/<region>.png``.
+
+        Parameters
+        ----------
+        n : int
+            Regions to ask, at most the number of unlabelled pool patches.
+        strategy : str, optional
+            A registered patch-level strategy for this round; default the project's, or
+            ``"random-patch"`` while nothing is labelled (an untrained network's uncertainty is noise).
+        strategy_params : dict, optional
+        crops : bool, default=False
+            Also write a picture of each region with ``context`` pixels around it.
+        context : int, default=32
+
+        Returns
+        -------
+        pathlib.Path
+            The round's folder.
+        """
+        from focal_al.registry import strategy_info
+
+        still_open = self.open_regions()
+        if still_open:
+            raise ProjectError(
+                f"Round {still_open[0].round} of '{self.path}' has {len(still_open)} unanswered region(s) "
+                f"({', '.join(g.name for g in still_open[:5])}{' ...' if len(still_open) > 5 else ''}); import "
+                f"their annotations (`focal-al project import`) before asking for more."
+            )
+        if strategy is None:
+            strategy = self.config["strategy"] if self.labelled().size else "random-patch"
+        if strategy_info(strategy).kind != "patch":
+            raise ValueError(f"The 'strategy' parameter of query must be a patch-level strategy. Got {strategy!r}.")
+        round_ = len(self.state["rounds"]) + 1
+        net, weights = self._trained_net()
+        learner = self.learner(net, strategy=strategy, strategy_params=strategy_params, round_=round_)
+        pool = self.store.patches
+        rows, _ = learner.query(pool, n_instances=n)
+        scores = np.asarray(learner.pool_scores(pool).entropy)[rows]
+        order = np.argsort(-scores, kind="stable")
+        rows, scores = rows[order], scores[order]
+        record = {"round": round_, "strategy": strategy,
+                  "strategy_params": strategy_params if strategy_params is not None else (
+                      self.config["strategy_params"] if strategy == self.config["strategy"] else {}),
+                  "asked": rows.tolist(), "scores": [float(s) for s in scores], "answered": []}
+        regions = [self._region(row, round_, rank, s) for rank, (row, s) in enumerate(zip(rows, scores), start=1)]
+        folder = self._export_round(round_, regions, crops=crops, context=context)
+        self._commit(dict(self.state, weights=weights, rounds=self.state["rounds"] + [record]))
+        return folder
+
+    def _export_round(self, round_, regions, *, crops, context) -> Path:
+        final = self.path / "rounds" / f"round-{round_:03d}"
+        final.parent.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            (tmp / "regions.csv").write_text(regions_csv(regions), encoding="utf-8")
+            for sub in ("geojson", "napari", "overview") + (("crops",) if crops else ()):
+                (tmp / sub).mkdir()
+            by_image = {}
+            for g in regions:
+                by_image.setdefault(g.image, []).append(g)
+            for name, own in by_image.items():
+                collection = feature_collection(region_feature(g) for g in own)
+                (tmp / "geojson" / f"{name}.geojson").write_text(json.dumps(collection, indent=1), encoding="utf-8")
+                (tmp / "napari" / f"{name}.csv").write_text(napari_shapes_csv(own), encoding="utf-8")
+                image = self._read_full_image(name)
+                (tmp / "overview" / f"{name}.png").write_bytes(draw_overview(image, own))
+                if crops:
+                    for g in own:
+                        (tmp / "crops" / f"{g.name}.png").write_bytes(draw_crop(image, g, context=context))
+            _fsync_tree(tmp)
+            if final.exists():
+                # Left by a query killed before its commit: the state never referred to it.
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    # ------------------------------------------------------------------------------- importing
+
+    def _open_by_image(self) -> dict:
+        by_image = {}
+        for g in self.open_regions():
+            by_image.setdefault(g.image, []).append(g)
+        return by_image
+
+    @_exclusive
+    def import_masks(self, folder, *, mask_suffix=None) -> ImportReport:
+        """Answer the open regions of the images that have a label mask in ``folder``.
+
+        A mask answers every open region of its image: the mask's pixels inside the regions are
+        revealed (positive = gland, 0 = background); pixels outside them stay unannotated.
+
+        Parameters
+        ----------
+        folder : str or path-like
+            Masks named ``<image><mask_suffix>.<ext>``, at the original image size.
+        mask_suffix : str, optional
+            Default: the project's (given to init).
+
+        Returns
+        -------
+        ImportReport
+        """
+        suffix = self.config["mask_suffix"] if mask_suffix is None else mask_suffix
+        files, unknown = _match_masks(folder, set(self._images), suffix, "masks")
+        if not files:
+            raise AnnotationError(f"The masks folder '{folder}' holds no mask named '<image>{suffix}.<ext>'.")
+        open_by_image = self._open_by_image()
+        report, answers = ImportReport(), {}
+        report.not_asked += [f"'{Path(folder) / name}': no project image of that name" for name in unknown]
+        for name, file in files.items():
+            foreground = read_label_mask(file, self._full_shape(name))
+            if name not in open_by_image:
+                report.not_asked.append(f"'{file}': image {name!r} has no open region")
+                continue
+            answers[name] = (open_by_image[name], foreground)
+        return self._apply(answers, report, [str(f) for f in files.values()])
+
+    @_exclusive
+    def import_geojson(self, files, *, image=None) -> ImportReport:
+        """Answer open regions from QuPath GeoJSON exports (FeatureCollection or array of Features).
+
+        The image of a file is its stem (``train_1.geojson`` annotates ``train_1``) unless
+        ``image`` is given. Rectangles of class ``"Region"`` named like an open region mark it
+        answered; a file without any marks answers every open region of its image. Every other
+        Polygon or MultiPolygon is foreground, rasterised inside the answered regions only.
+
+        Parameters
+        ----------
+        files : sequence of str or path-like
+        image : str, optional
+            The image every file annotates.
+
+        Returns
+        -------
+        ImportReport
+        """
+        from shapely.geometry import shape as to_shape
+        from shapely.validation import make_valid
+
+        files = [Path(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
+        if not files:
+            raise ValueError("import_geojson needs at least one GeoJSON file.")
+        open_by_image = self._open_by_image()
+        by_name = {g.name: g for g in self.regions()}
+        report, per_image = ImportReport(), {}
+        for file in files:
+            name = image or file.stem
+            if name not in self._images:
+                raise AnnotationError(
+                    f"GeoJSON file '{file}' names no image of the project: {name!r} (the file stem) is not "
+                    f"among {list(self._images)[:5]}{' ...' if len(self._images) > 5 else ''}; rename the "
+                    f"file '<image>.geojson' or pass image=."
+                )
+            features = read_geojson(file)
+            if not features:
+                raise AnnotationError(f"GeoJSON file '{file}' holds no features: it has no labels to import.")
+            h, w = self._full_shape(name)
+            marks, objects, skipped = [], [], 0
+            for k, feature in enumerate(features):
+                geometry = feature.get("geometry")
+                if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
+                    skipped += 1
+                    continue
+                try:
+                    shp = to_shape(geometry)
+                except (ValueError, TypeError, AttributeError, IndexError) as exc:
+                    raise AnnotationError(
+                        f"GeoJSON file '{file}': feature {k} has an invalid geometry ({exc})."
+                    ) from exc
+                x0, y0, x1, y1 = shp.bounds
+                tol = _FRAME_TOLERANCE
+                if x0 < -tol or y0 < -tol or x1 > w + tol or y1 > h + tol:
+                    raise AnnotationError(
+                        f"GeoJSON file '{file}': feature {k} spans x {x0:g}..{x1:g}, y {y0:g}..{y1:g}, beyond "
+                        f"image {name!r} ({w} x {h} pixels). Coordinates must be full-resolution pixels of "
+                        f"this image (is it an export from another image or a rescaled frame?)."
+                    )
+                properties = feature.get("properties") or {}
+                classification = properties.get("classification") or {}
+                if str(classification.get("name", "")).lower() == REGION_CLASS["name"].lower():
+                    marks.append((k, properties.get("name"), shp))
+                else:
+                    objects.append(make_valid(shp))
+            if skipped:
+                report.not_asked.append(f"'{file}': {skipped} feature(s) that are not polygons ignored")
+            answered = []
+            for k, mark, shp in marks:
+                region = by_name.get(mark)
+                if region is None or region.image != name:
+                    report.not_asked.append(f"'{file}': region {mark!r} was never asked for image {name!r}")
+                    continue
+                found = tuple(round(v) for v in shp.bounds)
+                if max(abs(a - b) for a, b in zip(found, region.box)) > 1:
+                    raise AnnotationError(
+                        f"GeoJSON file '{file}': region {mark!r} has bounds {found} but was asked as "
+                        f"{region.box} (x0, y0, x1, y1); the file is in another coordinate frame (exported "
+                        f"from a downsampled view?). Export full-resolution pixel coordinates."
+                    )
+                if region not in open_by_image.get(name, []):
+                    report.not_asked.append(f"'{file}': region {mark!r} was answered before; kept as it was")
+                    continue
+                answered.append(region)
+            if not marks:
+                answered = list(open_by_image.get(name, []))
+            if not answered:
+                report.not_asked.append(f"'{file}': no open region of image {name!r} in it")
+                continue
+            outside = [g for g in objects if not any(g.intersects(_box(r.box)) for r in answered)]
+            if outside:
+                report.not_asked.append(f"'{file}': {len(outside)} object(s) outside every answered region ignored")
+            regions, shapes = per_image.setdefault(name, ([], []))
+            for region in answered:
+                if region not in regions:
+                    regions.append(region)
+            shapes.extend(objects)
+        answers = {name: (regions, rasterise(shapes, self._full_shape(name)))
+                   for name, (regions, shapes) in per_image.items()}
+        return self._apply(answers, report, [str(f) for f in files])
+
+    def _apply(self, answers, report, sources) -> ImportReport:
+        """Reveal the answered regions, teach the learner their rows and commit."""
+        if not answers:
+            raise AnnotationError(
+                f"Nothing to import from {sources[:5]}: no labels for any asked, unanswered region "
+                f"({len(self.open_regions())} open). " + "; ".join(report.not_asked[:5])
+            )
+        new_files, new_maps, new_rows = dict(self.state["labels"]), {}, []
+        for name, (regions, foreground) in answers.items():
+            labels = new_maps[name] = self.labels(name)
+            for r in regions:
+                x0, y0, x1, y1 = r.box
+                labels[y0:y1, x0:x1] = foreground[y0:y1, x0:x1]
+                new_rows.append(r.pool_index)
+                report.answered.append(r.name)
+            new_files[name] = self._file_name("labels", name, ".png")
+            _atomic_write_bytes(self.path / new_files[name], _png_bytes(labels))
+        rows = np.asarray(sorted(new_rows), dtype=np.intp)
+        # The teach step of the active-learning loop: the learner as it stood is taught the answered
+        # rows (it refuses rows already labelled or repeated) before the state records them.
+        learner = self.learner()
+        learner.teach(rows, y=self.patch_labels(rows, labels=new_maps))
+        answered = set(rows.tolist())
+        rounds = [dict(r, answered=sorted(set(r["answered"]) | (answered & set(r["asked"]))))
+                  for r in self.state["rounds"]]
+        self._commit(dict(self.state, labels=new_files, rounds=rounds,
+                          labels_generation=self.state["labels_generation"] + 1))
+        report.missing = [g.name for g in self.open_regions()]
+        return report
+
+    # ------------------------------------------------------------------------------- reporting
+
+    def status(self) -> dict:
+        """Where the project stands: rounds, regions, annotation cost, Dice on validation images.
+
+        Returns
+        -------
+        dict
+            ``rounds`` (round, strategy, asked, answered, missing), ``regions_asked``,
+            ``regions_answered``, ``labelled_patches``, ``revealed_pixels`` / ``total_pixels`` /
+            ``cost`` (original pixels of the pool images), ``foreground_pixels``,
+            ``regions_with_foreground`` (answered regions holding some gland),
+            ``network_cost`` (the learner's ``cost_`` at the network's scale), ``trained_steps``,
+            ``weights_current`` (trained since the last import), ``validation_dice`` (mean over
+            validation images, None without validation images or weights) and ``validation``.
+        """
+        revealed = foreground = total = with_foreground = 0
+        answered = {row for r in self.state["rounds"] for row in r["answered"]}
+        regions = [g for g in self.regions() if g.pool_index in answered]
+        for name in self.pool_names:
+            labels = self.labels(name)
+            revealed += int((labels != IGNORE).sum())
+            foreground += int((labels == 1).sum())
+            total += labels.size
+            with_foreground += sum(bool((labels[g.box[1]:g.box[3], g.box[0]:g.box[2]] == 1).any())
+                                   for g in regions if g.image == name)
+        rounds = [{"round": r["round"], "strategy": r["strategy"], "asked": len(r["asked"]),
+                   "answered": len(r["answered"]), "missing": len(r["asked"]) - len(r["answered"])}
+                  for r in self.state["rounds"]]
+        validation = {}
+        if self.validation_names and self.state["weights"] is not None:
+            from focal_al.metrics import dice
+
+            net = self._load_net()
+            for name in self.validation_names:
+                prediction = self._predict_foreground(net, name)
+                validation[name] = dice(prediction, _read_png(self.path / "validation" / f"{name}.png"))
+        return {
+            "rounds": rounds,
+            "regions_asked": sum(r["asked"] for r in rounds),
+            "regions_answered": sum(r["answered"] for r in rounds),
+            "labelled_patches": int(self.labelled().size),
+            "pool_patches": len(self.store),
+            "revealed_pixels": revealed,
+            "total_pixels": total,
+            "cost": revealed / total,
+            "foreground_pixels": foreground,
+            "regions_with_foreground": with_foreground,
+            "network_cost": float(self.learner().cost_),
+            "trained_steps": (self.state["weights"] or {}).get("steps", 0),
+            "weights_current": not self._weights_stale(),
+            "validation_dice": float(np.mean(list(validation.values()))) if validation else None,
+            "validation": validation,
+        }
+
+    def _predict_foreground(self, net, name) -> np.ndarray:
+        from PIL import Image
+
+        image = self._read_full_image(name)
+        small = _resize_image(image, _scaled_shape(image.shape[:2], self.config["scale"]))
+        proba = net.predict_images([small])[0][1]
+        if proba.shape != image.shape[:2]:
+            proba = np.asarray(Image.fromarray(proba.astype(np.float32), mode="F").resize(
+                (image.shape[1], image.shape[0]), Image.Resampling.BILINEAR))
+        return proba > 0.5
+
+    @_exclusive
+    def predict(self, out) -> list:
+        """Segment every image: an instance mask and a GeoJSON of the predicted objects per image.
+
+        Trains first if labels changed since the weights (and commits the new weights).
+
+        Parameters
+        ----------
+        out : str or path-like
+            Output folder (created): ``<name>_mask.png`` (uint16 instance ids, 0 = background,
+            original size) and ``<name>.geojson`` (FeatureCollection of class ``"Gland"`` polygons).
+
+        Returns
+        -------
+        list of pathlib.Path
+            The files written.
+        """
+        from focal_al.metrics import label_components
+
+        if self.state["weights"] is None and not self.labelled().size:
+            raise ProjectError(f"Project '{self.path}' has no trained network and no labels; nothing to predict with.")
+        net, weights = self._trained_net()
+        if weights != self.state["weights"]:
+            self._commit(dict(self.state, weights=weights))
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in self.pool_names + self.validation_names:
+            instances = label_components(self._predict_foreground(net, name)).astype(np.uint16)
+            mask_file, geojson_file = out / f"{name}_mask.png", out / f"{name}.geojson"
+            _atomic_write_bytes(mask_file, _png_bytes(instances))
+            features = mask_to_features(instances, classification=OBJECT_CLASS, properties={"image": name})
+            _atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
+            written += [mask_file, geojson_file]
+        return written
+
+
+def _box(box):
+    from shapely.geometry import box as make_box
+
+    return make_box(*box)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    from focal_al.bench.records import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
+
+
+def _write_json(path: Path, obj) -> None:
+    from focal_al.bench.records import atomic_write_json
+
+    atomic_write_json(path, obj)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` to disk before it is renamed into place."""
+    if os.name != "posix":
+        return
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
