@@ -73,8 +73,9 @@ def answer_round(round_dir, truth, out, *, as_array):
 
 
 def reference_learner(project, rows_per_teach):
-    """A PatchActiveLearner over the same pool, taught the same rows from a ground-truth store."""
-    learner = PatchActiveLearner(NoTraining(), "random-patch", store=project.store, random_state=0)
+    """A PatchActiveLearner over the same pool, taught the same rows (labels play no part in the cost)."""
+    labels = np.zeros(project.store.labels.shape, dtype=np.uint8)
+    learner = PatchActiveLearner(NoTraining(), "random-patch", store=project.store, labels=labels, random_state=0)
     for rows in rows_per_teach:
         learner.teach(np.asarray(rows))
     return learner
