@@ -321,9 +321,33 @@ class PatchActiveLearner(BaseLearner):
             return self.teach(images, X_pool=X_pool, **fit_kwargs)
         return self._teach_images(images, units=None, X_pool=X_pool, **fit_kwargs)
 
+    def teach_patches(self, rows, *, X_pool=None, **fit_kwargs) -> "PatchActiveLearner":
+        """Label pool patches whatever the learner's level (e.g. an initial set of random patches).
+
+        At ``level="patch"`` this is :meth:`teach`. At ``level="image"`` the patches are trained
+        on and their pixels revealed, but their images stay candidates for ``query``.
+
+        Parameters
+        ----------
+        rows : ndarray of int of shape (n,)
+            Patch indices (rows of the store / ``X_pool``).
+
+        Returns
+        -------
+        self
+        """
+        if self.level == "patch":
+            return self.teach(rows, X_pool=X_pool, **fit_kwargs)
+        pool = self._training_pool(X_pool)
+        rows = check_indices(rows, len(pool), "rows")
+        return self._teach_rows(rows, None, reveal=lambda r: self._reveal_rows(r, rows), units=np.empty(0, np.intp),
+                                X_pool=pool, **fit_kwargs)
+
     def _teach_images(self, images, *, units, X_pool, **fit_kwargs):
         pool = self._training_pool(X_pool)
         rows = np.flatnonzero(np.isin(np.asarray(self._image_index), images))
+        if units is not None:  # image level: patches already taught one by one are not taught twice
+            rows = np.setdiff1d(rows, self.train_rows_, assume_unique=True)
         return self._teach_rows(rows, None, reveal=lambda r: r.reveal_images(images),
                                 units=rows if units is None else units, X_pool=pool, **fit_kwargs)
 
@@ -387,7 +411,7 @@ class PatchActiveLearner(BaseLearner):
         else:
             revealed.reveal_patches(images, np.asarray(self._coords)[idx], int(self._patch_size))
 
-    def restore(self, labelled, *, revealed=None, X_pool=None) -> "PatchActiveLearner":
+    def restore(self, labelled, *, revealed=None, train_rows=None, X_pool=None) -> "PatchActiveLearner":
         """Mark query units as labelled without training: resume a saved session.
 
         The labels are read from ``labels`` / the store, as ``teach`` would; load the estimator's
@@ -399,6 +423,9 @@ class PatchActiveLearner(BaseLearner):
             The saved ``labelled_``.
         revealed : RevealedPixels, optional
             The saved ``revealed_`` (default: recomputed from ``labelled``).
+        train_rows : ndarray of int, optional
+            The saved ``train_rows_`` (default: derived from ``labelled``; give it when patches
+            were taught with :meth:`teach_patches` at ``level="image"``).
         X_pool : array-like, optional
             The training patches, as for ``teach``.
 
@@ -406,14 +433,17 @@ class PatchActiveLearner(BaseLearner):
         -------
         self
         """
-        if len(self.labelled_):
+        if len(self.labelled_) or len(self.train_rows_):
             raise ValueError("restore is for a new learner; this one already has labelled rows.")
         if self._labels is None:
             raise ValueError("restore needs labels (labels= or a store) to rebuild the labelled set.")
         pool = self._training_pool(X_pool)
         n_units = self._n_pool if self.level == "image" else len(pool)
         units = np.sort(check_indices(labelled, n_units, "labelled")) if len(labelled) else np.empty(0, np.intp)
-        rows = np.flatnonzero(np.isin(np.asarray(self._image_index), units)) if self.level == "image" else units
+        if train_rows is not None:
+            rows = np.sort(check_indices(train_rows, len(pool), "train_rows")) if len(train_rows) else units[:0]
+        else:
+            rows = np.flatnonzero(np.isin(np.asarray(self._image_index), units)) if self.level == "image" else units
         if revealed is not None:
             if [tuple(s) for s in revealed.image_shapes] != [tuple(s) for s in (self.revealed_ or revealed).image_shapes]:
                 raise ValueError("revealed was saved for other images (its image shapes differ from this pool's).")

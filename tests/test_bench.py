@@ -430,3 +430,21 @@ def test_retraining_from_scratch_is_reproducible_and_differs_from_warm_start(tmp
         [{k: v for k, v in r.items() if k != "threads"} for r in runs["b"]]
     assert [r["cost"] for r in runs["a"]] == [r["cost"] for r in runs["warm"]]  # same queries' sizes
     assert [r["dice"] for r in runs["a"][1:]] != [r["dice"] for r in runs["warm"][1:]]
+
+
+def test_large_images_start_from_random_patches_near_one_step(tmp_path):
+    # 5 training images of 48 px: one image is 20 % of the pixels, two steps of 5 % would be 10 %.
+    config = tiny(tmp_path, n_images=6, test_fraction=0.2, step=0.05, budget=0.2,
+                  strategies=("random-patch", "1-image-iu", "7-focannot"))
+    with pytest.warns(UserWarning, match="starts from .* random patches"):
+        run_bench(config, quiet=True, with_full_supervision=False)
+    first = {}
+    for key in ("random-patch", "1-image-iu", "7-focannot"):
+        queries = read_json(tmp_path / "runs" / f"{key}-seed0" / "queries.json")
+        records = read_json(tmp_path / "runs" / f"{key}-seed0" / "rounds.json")
+        first[key] = queries[0]["items"]
+        assert queries[0]["level"] == "patch" and records[0]["cost"] <= 0.05 + 16 * 16 / (5 * 48 * 48)
+        assert len(records) >= 2 and records[-1]["cost"] >= config.budget
+    assert first["random-patch"] == first["1-image-iu"] == first["7-focannot"]
+    image_rounds = read_json(tmp_path / "runs" / "1-image-iu-seed0" / "queries.json")[1:]
+    assert all(q["level"] == "image" for q in image_rounds)

@@ -147,6 +147,24 @@ def initial_images(image_shapes, step: float, seed: int) -> np.ndarray:
     return np.sort(order[:n])
 
 
+def initial_set(store, step: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's initial labelled set, the same for every strategy: ``(images, patches)``, one empty.
+
+    Random whole images covering about one ``step`` of the training pixels (:func:`initial_images`);
+    when even the closest set of whole images covers more than two steps (a dataset of a few large
+    images), random patches whose area is one step instead, so that every run starts near one step
+    (one large image was 4-21 % of a 15-tile dataset, above a whole 15 % budget for one seed).
+    """
+    shapes = store.image_shapes
+    total = float(sum(int(h) * int(w) for h, w in shapes))
+    images = initial_images(shapes, step, seed)
+    if sum(int(shapes[i][0]) * int(shapes[i][1]) for i in images) / total <= 2 * step:
+        return images, np.empty(0, dtype=np.intp)
+    n = min(len(store), max(1, int(round(step * total / store.patch_size**2))))
+    patches = np.random.default_rng([seed, 7919, 1]).choice(len(store), size=n, replace=False)
+    return np.empty(0, dtype=np.intp), np.sort(patches).astype(np.intp)
+
+
 def make_net(config: BenchConfig, network: str, seed: int):
     """A fresh segmentation network for a run (ED-ConvNet or the FCN of Suggestive Annotation)."""
     from focal_al.estimator import SegmentationNet
@@ -424,13 +442,18 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     # What a query ranks: the patches of the store, or the whole training images.
     query_pool = store.patches if level == "patch" else train.images
     if state is None:
-        init = initial_images(store.image_shapes, config.step, seed)
+        init, init_patches = initial_set(store, config.step, seed)
         labelled_images = init
-        records, queries = [], [{"round": 0, "level": "image",
-                                 "items": [{"image": train.names[i], "y": 0, "x": 0, "size": None} for i in init]}]
+        items = [{"image": train.names[i], "y": 0, "x": 0, "size": None} for i in init]
+        items += [{"image": train.names[image_index[i]], "y": int(store.coords[i][0]), "x": int(store.coords[i][1]),
+                   "size": int(store.patch_size)} for i in init_patches]
+        records, queries = [], [{"round": 0, "level": "image" if len(init) else "patch", "items": items}]
         seed_round(net, config, seed, 0)
         start = time.perf_counter()
-        learner.teach_images(init)
+        if len(init):
+            learner.teach_images(init)
+        else:
+            learner.teach_patches(init_patches)
         train_seconds = time.perf_counter() - start
         _kill_point("trained", 0)
         query_seconds = 0.0
@@ -447,7 +470,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
             raise ValueError(f"The run state {run_state.path} does not fit this pool ({n_patches} patches, {n_images} "
                              f"images): it was written for other data. Delete the folder {run_dir} to restart this run.")
         records, queries = state["records"], state["queries"]
-        learner.restore(labelled_images if level == "image" else labelled, revealed=revealed)
+        learner.restore(labelled_images if level == "image" else labelled, revealed=revealed, train_rows=labelled)
         net.initialize()
         load_checkpoint(net, run_dir / state["weights"])
     per_round = queries_per_round(config, level, n_patches, n_images, learner.revealed_.n_total)
@@ -594,15 +617,24 @@ def check_protocol_fits(config: BenchConfig, data: BenchData, specs: list[BenchS
     image_index = np.asarray(data.store.image_index)
     clustered = [s.key for s in specs if strategy_info(s.strategy).kind == "patch" and "k" in _strategy_params(config, s)]
     for seed in config.seeds:
-        init = initial_images(data.store.image_shapes, config.step, seed)
-        cost = RevealedPixels(data.store.image_shapes).reveal_images(init).cost
+        init, init_patches = initial_set(data.store, config.step, seed)
+        revealed = RevealedPixels(data.store.image_shapes).reveal_images(init)
+        if len(init_patches):
+            revealed.reveal_patches(image_index[init_patches], data.store.coords[init_patches], data.store.patch_size)
+            warnings.warn(
+                f"The training images are large for --step {100 * config.step:g} %: the closest set of whole images "
+                f"for seed {seed} would cover more than two steps, so every run of this seed starts from "
+                f"{len(init_patches)} random patches ({100 * revealed.cost:.1f} % of the pixels) instead.",
+                UserWarning, stacklevel=2)
+        cost = revealed.cost
+        what = f"{len(init)} whole images" if len(init) else f"{len(init_patches)} random patches"
         if cost >= config.budget - 1e-12:
             raise ValueError(
-                f"The initial labelled set of seed {seed} ({len(init)} whole images) already covers {100 * cost:.1f} % of "
+                f"The initial labelled set of seed {seed} ({what}) already covers {100 * cost:.1f} % of "
                 f"the training pixels, at or above --budget {100 * config.budget:g} %: no query round would run. "
                 f"Raise --budget, or use more (or smaller) training images."
             )
-        n_candidates = int(np.sum(~np.isin(image_index, init)))
+        n_candidates = len(data.store) - int(np.sum(np.isin(image_index, init))) - len(init_patches)
         if clustered and config.clusters > n_candidates:
             raise ValueError(
                 f"--clusters {config.clusters} exceeds the {n_candidates} unlabelled patches left after the initial set "
