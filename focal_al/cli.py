@@ -93,6 +93,8 @@ def _csv(kind):
 @click.option("--epochs", type=float,
               help="Passes over the labelled patches per round (steps grow with the labelled set).")
 @click.option("--max-train-steps", type=int, help="Cap on the gradient steps of one round (with --epochs).")
+@click.option("--full-supervision-epochs", type=float,
+              help="Passes over every training patch for the full-supervision ceiling (default: --epochs).")
 @click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]),
               help="Learning rate within each round: warm-up + cosine decay to 1 percent of --lr (default), or constant.")
 @click.option("--warm-start/--from-scratch", default=None,

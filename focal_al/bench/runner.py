@@ -597,7 +597,8 @@ def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, see
         # The rounds' recipe on every patch, without the cap that bounds a round's time: converged.
         from focal_al.training import steps_for
 
-        steps = steps_for(len(data.store), config.batch_size, epochs=config.epochs, min_steps=config.initial_train_steps)
+        epochs = config.full_supervision_epochs or config.epochs
+        steps = steps_for(len(data.store), config.batch_size, epochs=epochs, min_steps=config.initial_train_steps)
     net.set_params(random_state=_round_seed(seed, 0, 99), steps_per_epoch=steps, passes_per_epoch=None)
     seconds = train_on(net, data.store, np.arange(len(data.store)))
     result = {**evaluate(net, data.test), "train_steps": steps, "train_seconds": seconds, "seed": seed}
