@@ -30,7 +30,6 @@ setup(
         "scipy>=1.10",
         "scikit-image>=0.21",
         "matplotlib>=3.7",
-        "tqdm>=4.60",
         "shapely>=2.0",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6.80", "geojson>=3.0"]},

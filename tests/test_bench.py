@@ -187,7 +187,6 @@ def test_initial_set_same_for_every_strategy_differs_across_seeds(protocol_bench
 def test_cost_is_the_union_of_revealed_pixels(protocol_bench):
     config, shapes, runs = protocol_bench
     overlapping_seen = False
-    total = sum(h * w for h, w in shapes.values())
     for (key, seed), (records, queries) in runs.items():
         assert [q["round"] for q in queries] == [r["round"] for r in records]
         expected = revealed_cost(queries, shapes)
@@ -202,7 +201,6 @@ def test_cost_is_the_union_of_revealed_pixels(protocol_bench):
                 gained = cur["n_revealed_pixels"] - prev["n_revealed_pixels"]
                 assert gained <= naive
                 overlapping_seen |= gained < naive
-                assert cur["cost"] != pytest.approx(prev["cost"] + naive / total)
         costs = [r["cost"] for r in records]
         assert all(b > a for a, b in zip(costs, costs[1:])), costs
         # the run stops at the first round whose cost reaches the budget
@@ -309,7 +307,7 @@ def test_resume_after_kill_matches_uninterrupted(killed, uninterrupted, point, r
     assert read_json(run / "queries.json") == expected_queries
     last = expected_rounds[-1]["round"]
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["state.json", "rounds.json", "queries.json", f"weights-round{last}.pt"])
+        ["config.json", "state.json", "rounds.json", "queries.json", f"weights-round{last}.pt"])
     state = read_json(run / "state.json")
     assert state["complete"] and state["round"] == last and state["weights"] == f"weights-round{last}.pt"
     assert without_timings(read_json(out / "records.json")) == without_timings(expected_rounds)
@@ -319,7 +317,9 @@ def test_uninterrupted_run_folder_is_clean(uninterrupted):
     out, rounds, _ = uninterrupted
     run = out / "runs" / "random-patch-seed0"
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["state.json", "rounds.json", "queries.json", f"weights-round{rounds[-1]['round']}.pt"])
+        ["config.json", "state.json", "rounds.json", "queries.json", f"weights-round{rounds[-1]['round']}.pt"])
+    config = read_json(run / "config.json")
+    assert config["strategies"] == ["random-patch"] and config["seeds"] == [0]
 
 
 def test_resume_with_changed_protocol_is_refused(uninterrupted, tmp_path):

@@ -47,18 +47,47 @@ def _labels(records: Sequence[dict]) -> dict[str, str]:
     return dict(sorted(labels.items(), key=lambda kv: (kv[1], kv[0])))
 
 
-def _plot_mean_band(ax, c, *, color, label) -> None:
-    """Mean over seeds where every seed is defined, with a +-1 std band (two or more seeds)."""
+#: One fixed colour per strategy, the same in every report; baselines are grey and dashed.
+_STRATEGY_COLORS = {
+    "1-image-iu": "tab:brown", "2-sa-fcn": "tab:pink", "3-sa": "tab:purple", "4-iu": "tab:orange",
+    "5-iu-id": "tab:olive", "6-cluster-equal": "tab:cyan", "7-focannot": "tab:red",
+}
+_BASELINES = {"random-patch": ("black", "--"), "random-image": ("tab:gray", ":")}
+_MARKERS = "osD^v<>ph*"
+
+
+def _style(strategy: str) -> dict:
+    """Colour, line style and marker of a strategy, fixed across reports."""
+    if strategy in _BASELINES:
+        color, linestyle = _BASELINES[strategy]
+        return {"color": color, "linestyle": linestyle, "marker": "x"}
+    import zlib
+
+    code = zlib.crc32(strategy.encode())
+    palette = ["tab:blue", "tab:green", "darkgoldenrod", "teal", "indigo", "crimson", "sienna", "slateblue"]
+    return {"color": _STRATEGY_COLORS.get(strategy, palette[code % len(palette)]), "linestyle": "-",
+            "marker": _MARKERS[code % len(_MARKERS)]}
+
+
+def _plot_mean_band(ax, c, *, style, label, floor: float | None = None) -> None:
+    """Mean over seeds where every seed is defined, with a 95 % confidence band (two or more seeds).
+
+    The band is the t-interval of the mean over seeds, clipped at ``floor`` for quantities that
+    cannot be negative.
+    """
+    from scipy import stats
+
     x = 100 * c.grid[c.complete]
     mean = c.mean[c.complete]
     std = c.std[c.complete]
     if len(x) == 0:
         return
-    # A single round is a single point; a line alone would not show it.
-    marker = "o" if len(x) <= 25 else None
-    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=3, linewidth=1.6)
-    if len(c.seeds) >= 2:
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    ax.plot(x, mean, label=label, markersize=4, linewidth=1.6, markevery=max(1, len(x) // 15), **style)
+    n = len(c.seeds)
+    if n >= 2:
+        half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
+        low = mean - half if floor is None else np.maximum(mean - half, floor)
+        ax.fill_between(x, low, mean + half, color=style["color"], alpha=0.15, linewidth=0)
 
 
 def plot_learning_curves(
@@ -72,8 +101,9 @@ def plot_learning_curves(
     """Fig. 4: a metric against annotation cost, one line per strategy.
 
     Each line is the mean over seeds, drawn where every seed of the strategy is defined; the band is
-    ± one sample standard deviation over seeds (no band with a single seed). A dashed horizontal line
-    marks full supervision when its value of ``metric`` is known.
+    the 95 % t-interval of that mean (no band with a single seed). Baselines are dashed, every
+    strategy keeps its colour and marker across reports, and a horizontal line marks full
+    supervision when its value of ``metric`` is known.
 
     Parameters
     ----------
@@ -97,19 +127,18 @@ def plot_learning_curves(
         raise ValueError("plot_learning_curves: no records to plot.")
     fig = _figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
-    colors = _cmap("tab10")
-    for i, (strategy, label) in enumerate(_labels(records).items()):
-        _plot_mean_band(ax, curve(records, strategy, metric=metric), color=colors(i % 10), label=label)
+    for strategy, label in _labels(records).items():
+        _plot_mean_band(ax, curve(records, strategy, metric=metric), style=_style(strategy), label=label)
     name = METRIC_NAMES.get(metric, metric)
     if full_supervision and full_supervision.get(metric) is not None:
         value = float(full_supervision[metric])
-        ax.axhline(value, color="black", linestyle="--", linewidth=1.2,
+        ax.axhline(value, color="tab:green", linestyle="-.", linewidth=1.2,
                    label=f"full supervision ({value:.3f})")
     n_seeds = sorted({len(by_seed) for by_seed in _runs(records).values()})
     seeds_text = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
     ax.set_xlabel("annotation cost (% of training pixels revealed)")
     ax.set_ylabel(name)
-    ax.set_title(title or f"{name} against annotation cost (mean over {seeds_text} seed(s))")
+    ax.set_title(title or f"{name} against annotation cost (mean over {seeds_text} seed(s), band: 95 % interval)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="lower right" if metric != "voe" else "upper right")
     return _save(fig, path)
@@ -118,8 +147,8 @@ def plot_learning_curves(
 def plot_cluster_criteria(records: Sequence[dict], path: str | os.PathLike) -> Path | None:
     """Fig. 5: mean cluster uncertainty (CU) and cluster diversity (CD) per round against cost.
 
-    One panel per criterion, one line per strategy that records it (mean over seeds, ± one std
-    band with two or more seeds).
+    One panel per criterion, one line per strategy that records it, against the cost at which each
+    round's query was made (mean over seeds; 95 % band, never below 0, with two or more seeds).
 
     Parameters
     ----------
@@ -143,13 +172,11 @@ def plot_cluster_criteria(records: Sequence[dict], path: str | os.PathLike) -> P
         return None
     fig = _figure(figsize=(10, 4))
     axes = fig.subplots(1, 2, sharex=True)
-    colors = _cmap("tab10")
-    color_of = {s: colors(i % 10) for i, s in enumerate(labels)}
     for ax, metric in zip(axes, ("cu", "cd")):
         for strategy in has[metric]:
-            _plot_mean_band(ax, curve(records, strategy, metric=metric), color=color_of[strategy],
-                            label=labels[strategy])
-        ax.set_xlabel("annotation cost (% of training pixels revealed)")
+            _plot_mean_band(ax, curve(records, strategy, metric=metric), style=_style(strategy),
+                            label=labels[strategy], floor=0.0)
+        ax.set_xlabel("annotation cost after the round (% of training pixels revealed)")
         ax.set_ylabel(f"mean {METRIC_NAMES[metric]}")
         ax.set_title(f"Mean {METRIC_NAMES[metric]} per round")
         ax.grid(True, alpha=0.3)

@@ -712,7 +712,7 @@ def write_report(
     figures: dict[str, Path] = {}
     path = fig.plot_learning_curves(records, figure_dir / "learning-curves-dice.png",
                                     metric="dice", full_supervision=full_supervision)
-    figures["Fig. 4: Dice against annotation cost (mean over seeds, band: ± 1 std)"] = path
+    figures["Fig. 4: Dice against annotation cost (mean over seeds, band: 95 % interval of the mean)"] = path
     baseline_label = next((r["label"] for r in rows if r["strategy"] == "random-patch"), "random patches")
     path = fig.plot_paired_differences(comparison, figure_dir / "paired-differences.png", baseline_label=baseline_label)
     if path is not None:

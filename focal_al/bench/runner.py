@@ -432,6 +432,9 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         run_state.sync(state)
         return state["records"]
     run_dir.mkdir(parents=True, exist_ok=True)
+    # The run's own configuration: config.json at the top holds the last invocation's only.
+    atomic_write_json(run_dir / "config.json", {**config.to_dict(), "strategies": [spec.key], "seeds": [seed],
+                                                "versions": _versions()})
 
     image_index = np.asarray(store.image_index)
     n_patches, n_images = len(store), store.n_images
@@ -599,11 +602,12 @@ def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, see
 
         epochs = config.full_supervision_epochs or config.epochs
         steps = steps_for(len(data.store), config.batch_size, epochs=epochs, min_steps=config.initial_train_steps)
+    report(f"[full supervision] training {steps} steps on all {len(data.store)} patches ...")
     net.set_params(random_state=_round_seed(seed, 0, 99), steps_per_epoch=steps, passes_per_epoch=None)
     seconds = train_on(net, data.store, np.arange(len(data.store)))
     result = {**evaluate(net, data.test), "train_steps": steps, "train_seconds": seconds, "seed": seed}
     atomic_write_json(path, result)
-    report(f"[full supervision] {steps} steps: Dice {result['dice']:.3f}")
+    report(f"[full supervision] {steps} steps in {seconds / 60:.1f} min: Dice {result['dice']:.3f}")
     return result
 
 
@@ -665,9 +669,19 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     atomic_write_json(out_dir / "config.json", {**config.to_dict(), "versions": _versions()})
     if with_full_supervision:
         full_supervision(config, data, out_dir, report=report)
-    for spec in specs:
-        for seed in config.seeds:
-            run_strategy(config, spec, seed, data, out_dir, resume=resume, report=report)
+    runs = [(spec, seed) for spec in specs for seed in config.seeds]
+    started, durations = time.perf_counter(), []
+    for k, (spec, seed) in enumerate(runs, start=1):
+        def run_report(line, k=k):
+            left = ""
+            if durations:
+                left = f"; ~{np.mean(durations) * (len(runs) - k + 1) / 60:.0f} min left in all {len(runs)} runs"
+            report(f"run {k}/{len(runs)} {line}{left}")
+
+        start = time.perf_counter()
+        run_strategy(config, spec, seed, data, out_dir, resume=resume, report=run_report)
+        durations.append(time.perf_counter() - start)
+    report(f"{len(runs)} runs in {(time.perf_counter() - started) / 60:.1f} min")
     path = write_report(out_dir, query_images=dict(zip(data.train.names, data.train.images)))
     report(f"Report: {path}")
     return path
