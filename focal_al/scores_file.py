@@ -16,6 +16,7 @@ temporary name and moved into place with :func:`os.replace` only when complete.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -175,11 +176,20 @@ class ScoresFile:
     def __len__(self):
         return self.n_patches
 
-    def _map(self, name):
+    def _map(self, name, *, random_access=False):
         offset, shape = self._offsets[name]
         if 0 in shape:
             return np.zeros(shape, dtype=np.float32)
-        return np.memmap(self.path, dtype=np.float32, mode="r", offset=offset, shape=shape)
+        if not random_access:
+            return np.memmap(self.path, dtype=np.float32, mode="r", offset=offset, shape=shape)
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        with open(self.path, "rb") as fh:
+            mapping = mmap.mmap(fh.fileno(), offset + 4 * int(np.prod(shape)) - start, access=mmap.ACCESS_READ,
+                                offset=start)
+        # Without this the kernel reads ahead around every touched row of a file not yet in the
+        # page cache: a gather of scattered rows (ID on the Q candidates) would read most of it.
+        mapping.madvise(mmap.MADV_RANDOM)
+        return np.frombuffer(mapping, dtype=np.float32, count=int(np.prod(shape)), offset=offset - start).reshape(shape)
 
     @property
     def entropy(self):
@@ -217,16 +227,16 @@ class ScoresFile:
         return out.reshape((-1, width) if len(shape) == 2 else (-1,))
 
     def pool_scores(self):
-        """The scores as :class:`PoolScores`: the three (N,) arrays in memory, descriptors a memmap.
+        """The scores as :class:`PoolScores`: the three (N,) arrays in memory, descriptors mapped.
 
-        Criteria that read descriptors of a few candidates (ID on the Q refined candidates) then
-        touch only those rows of the file.
+        The descriptors are a read-only memory map without read-ahead: criteria that read the
+        descriptors of a few candidates (ID on the Q refined candidates) touch only those rows.
         """
         return PoolScores(
             entropy=np.array(self.entropy),
             margin=np.array(self.margin),
             least_confidence=np.array(self.least_confidence),
-            descriptors=self.descriptors,
+            descriptors=self._map("descriptors", random_access=True),
         )
 
     def __repr__(self):
