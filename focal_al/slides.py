@@ -88,6 +88,8 @@ def choose_level(slide, *, level=None, mpp=None, mpp_tolerance=0.1, name="slide"
         return int(level)
     if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not mpp > 0:
         raise ValueError(f"The 'mpp' parameter must be a positive float (micrometres per pixel). Got {mpp!r} instead.")
+    if isinstance(mpp_tolerance, bool) or not isinstance(mpp_tolerance, numbers.Real) or not mpp_tolerance >= 0:
+        raise ValueError(f"The 'mpp_tolerance' parameter must be a float >= 0. Got {mpp_tolerance!r} instead.")
     base = slide.properties.get("tiffslide.mpp-x") or slide.properties.get("tiffslide.mpp-y")
     if not base:
         raise ValueError(

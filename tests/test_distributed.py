@@ -177,3 +177,22 @@ def test_streaming_errors(tmp_path):
         streaming_focannot(f, 5, centroids=np.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"'n_instances' parameter must be in \[1, 100\]"):
         streaming_focannot(f, 101)
+
+
+def test_cli_score_on_a_scheduler_address(tmp_path, store, net, client):
+    from click.testing import CliRunner
+
+    from focal_al.cli import main
+
+    weights = tmp_path / "w.safetensors"
+    save_safetensors_weights(net, weights)
+    out = tmp_path / "scores.h5"
+    result = CliRunner().invoke(main, [
+        "score", str(store.path), str(weights), "--out", str(out), "--scheduler", client.scheduler.address,
+        "--width", "2", "--depth", "2", "--batch-size", "8", "--query", "5",
+    ])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "index,image,y_level0,x_level0,side_level0" and len(lines) == 6
+    np.testing.assert_allclose(ScoresFile(out).entropy, net.score_pool(store.patches, batch_size=8).entropy,
+                               rtol=1e-6)

@@ -150,3 +150,19 @@ def test_blank_slide_is_kept_empty_with_a_warning(tmp_path, slides):
         store = load_slides([blank, slides[0]], tmp_path / "pool.h5", patch_size=32, level=1)
     assert store.image_names == ["blank.tif", "a.tif"]
     assert len(store.image_patches("blank.tif")) == 0 and len(store.image_patches("a.tif")) > 0
+
+
+def test_cli_slides(tmp_path, slides):
+    from click.testing import CliRunner
+
+    from focal_al.cli import main
+
+    out = tmp_path / "pool.h5"
+    result = CliRunner().invoke(main, ["slides", *map(str, slides), "--out", str(out), "--patch-size", "32",
+                                       "--mpp", "1.0"])
+    assert result.exit_code == 0, result.output
+    assert "from 2 slides" in result.output
+    np.testing.assert_array_equal(PatchStore(out).image_downsamples, [2.0, 2.0])
+    result = CliRunner().invoke(main, ["slides", str(slides[0]), "--out", str(tmp_path / "b.h5"),
+                                       "--patch-size", "32", "--level", "7"])
+    assert result.exit_code != 0 and "'level' parameter must be an int in [0, 2]" in result.output
