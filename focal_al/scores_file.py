@@ -226,6 +226,42 @@ class ScoresFile:
             out = np.fromfile(fh, dtype=np.float32, count=count)
         return out.reshape((-1, width) if len(shape) == 2 else (-1,))
 
+    def read_rows(self, name, indices, *, max_gap=16):
+        """Rows ``indices`` of one array, in that order, read into memory (a private copy).
+
+        Sorted indices are read in runs (rows closer than ``max_gap`` share one read), so a
+        scattered selection costs about one read per run, and nothing of the file is mapped.
+
+        Parameters
+        ----------
+        name : {"entropy", "margin", "least_confidence", "descriptors"}
+        indices : ndarray of int of shape (m,)
+        max_gap : int, default=16
+            Largest gap (in rows) read through rather than starting a new read.
+
+        Returns
+        -------
+        ndarray of float32 of shape (m,) or (m, d)
+        """
+        offset, shape = self._offsets[name]
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= shape[0]):
+            raise IndexError(f"Row indices of '{self.path}' must lie in [0, {shape[0]}).")
+        width = shape[1] if len(shape) == 2 else 1
+        order = np.argsort(indices, kind="stable")
+        rows = indices[order]
+        out = np.empty((len(rows), width), dtype=np.float32)
+        breaks = np.flatnonzero(np.diff(rows) > max_gap) + 1
+        with open(self.path, "rb") as fh:
+            for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+                first, last = int(rows[a]), int(rows[b - 1])
+                fh.seek(offset + 4 * first * width)
+                span = np.fromfile(fh, dtype=np.float32, count=(last - first + 1) * width).reshape(-1, width)
+                out[a:b] = span[rows[a:b] - first]
+        result = np.empty_like(out)
+        result[order] = out
+        return result if len(shape) == 2 else result[:, 0]
+
     def pool_scores(self):
         """The scores as :class:`PoolScores`: the three (N,) arrays in memory, descriptors mapped.
 

@@ -5,8 +5,9 @@ sample of candidates and updated with ``partial_fit`` over blocks of rows read o
 cluster labels and the cluster criteria (CU, CD) are computed block by block as well. Algorithm 1
 then runs unchanged (:func:`focal_al.selection.double_ranking`) on :class:`PoolScores` whose three
 per-patch uncertainty arrays are in memory (4 bytes a patch each) and whose descriptors stay in the
-file: the first ranking reads uncertainty only, and instance diversity (ID) reads the descriptors of
-the Q refined candidates only. Memory is O(N) small arrays plus O(Q d), never O(N d).
+file: the first ranking reads uncertainty only, and instance diversity (ID) is given the refined
+candidates' descriptors only, read from the file cluster by cluster (``refined_scores``). Memory is
+O(N) small arrays plus O(Q d), never O(N d).
 
 Relation to the in-memory ``focannot`` strategy: given the same centroids (``centroids=``) the
 selection is identical (same labels, same cluster importance, same double ranking). Clustering from
@@ -20,6 +21,7 @@ import numbers
 
 import numpy as np
 
+from focal_al.scores import PoolScores
 from focal_al.scores_file import ScoresFile
 from focal_al.selection import check_n_instances, cluster_importance, double_ranking, nearest_centroid
 
@@ -198,7 +200,15 @@ def streaming_focannot(
         rows, labels, centroids, lam=lam, uncertainty=cluster_uncertainty, diversity=cluster_diversity,
         normalize=normalize,
     )
+    pool = scores.pool_scores()
+
+    def refined_scores(refined):
+        return PoolScores(
+            entropy=pool.entropy[refined], margin=pool.margin[refined],
+            least_confidence=pool.least_confidence[refined], descriptors=scores.read_rows("descriptors", refined),
+        )
+
     return double_ranking(
-        scores.pool_scores(), candidates, t, n_candidates=q, cluster_labels=labels, importance=importance,
-        rank_criterion=uncertainty, diversity_criterion=diversity, rng=rng,
+        pool, candidates, t, n_candidates=q, cluster_labels=labels, importance=importance,
+        rank_criterion=uncertainty, diversity_criterion=diversity, rng=rng, refined_scores=refined_scores,
     )
