@@ -10,7 +10,8 @@ back. When every range is written the file is moved into place with :func:`os.re
 
 Every path (store, weights, scores file) must be on a filesystem all workers see. Ranges are whole
 multiples of the batch size, so each batch holds the same patches as in a single-process pass and
-the scores are those of single-process scoring with the same weights.
+the scores are those of single-process scoring with the same weights. Dask's nanny starts worker
+processes with ``OMP_NUM_THREADS=1``, so torch in a worker uses one thread per worker thread.
 """
 from __future__ import annotations
 
@@ -195,8 +196,9 @@ def score_pool_distributed(
     -------
     ScoresFile
         ``entropy``, ``margin``, ``least_confidence`` (N,) and ``descriptors`` (N, d), row ``i``
-        for patch ``i`` of the store; equal to ``net.score_pool(store.patches)`` computed in one
-        process with the same weights and batch size.
+        for patch ``i`` of the store; the values ``net.score_pool(store.patches)`` gives in one
+        process with the same weights and batch size (up to the last float32 bits where the
+        worker's torch uses another thread count or device).
     """
     from sklearn.base import clone
 
