@@ -156,7 +156,7 @@ def main():
     out = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name() if cuda else None, "platform": platform.platform()},
-        "command": "python3 benchmarks/bench_distributed.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python3 benchmarks/bench_distributed.py", *sys.argv[1:]]),
         "setup": {"net": {k: v for k, v in NET.items()}, "patch_side": SIDE, "patches": "synthetic (noise + disc)",
                   "worker_threads": 1, "baseline": "score_pool in one process, one torch thread"},
         "store_build_s": round(t_build, 1),

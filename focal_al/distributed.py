@@ -130,8 +130,17 @@ def connect(client=None, *, n_workers=2, threads_per_worker=1):
     for name, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"The '{name}' parameter must be an int >= 1. Got {value!r} instead.")
-    with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as own:
+    import dask
+
+    # The nanny's default environment sets MALLOC_TRIM_THRESHOLD_, which turns off glibc's dynamic
+    # mmap threshold: every large torch buffer is then mapped and unmapped per batch, and CPU
+    # inference ran 3x slower in the workers (measured, benchmarks/bench_distributed.py).
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                               dashboard_address=":0")
+    with cluster, Client(cluster) as own:
         yield own
 
 
