@@ -52,6 +52,15 @@ class CandidateRows:
     def __len__(self):
         return self.shape[0]
 
+    def take(self, positions):
+        """Rows at ``positions`` (into the candidates), in that order, read without a full pass.
+
+        Returns
+        -------
+        ndarray of float32 of shape (len(positions), d)
+        """
+        return self.scores.read_rows("descriptors", self.candidates[np.asarray(positions, dtype=np.intp)])
+
     def __getitem__(self, key):
         if not isinstance(key, slice) or key.step not in (None, 1):
             raise TypeError("CandidateRows supports contiguous slices only (rows[a:b]); it is read block by block.")
@@ -81,7 +90,7 @@ def stream_kmeans(rows, k, *, rng, chunk_size=65536, n_epochs=1, batch_size=4096
     Parameters
     ----------
     rows : CandidateRows or ndarray of shape (m, d)
-        Sliceable by contiguous ranges.
+        Sliceable by contiguous ranges (and, if an array, by an index array).
     k : int
         Number of clusters, ``1 <= k <= m``.
     rng : numpy.random.Generator
@@ -112,8 +121,7 @@ def stream_kmeans(rows, k, *, rng, chunk_size=65536, n_epochs=1, batch_size=4096
     seed = int(rng.integers(2**31 - 1))
     model = MiniBatchKMeans(n_clusters=k, n_init=1, batch_size=batch_size, random_state=seed)
     sample = np.sort(rng.choice(m, size=min(m, 3 * batch_size), replace=False))
-    # The sample is read block by block too: a gather from the whole file at once would page it in.
-    init = np.concatenate([rows[a:b][sample[(sample >= a) & (sample < b)] - a] for a, b in _blocks(m, chunk_size)])
+    init = rows.take(sample) if isinstance(rows, CandidateRows) else np.asarray(rows[sample])
     blocks = _blocks(m, chunk_size)
     with threadpool_limits(limits=1):
         model.partial_fit(init)

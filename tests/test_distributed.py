@@ -130,6 +130,7 @@ def test_scores_file_round_trip_and_blocks(tmp_path):
     assert f.attrs["note"] == "x"
     cand = np.array([3, 4, 10, 999])
     np.testing.assert_array_equal(CandidateRows(f, cand)[1:3], scores.descriptors[[4, 10]])
+    np.testing.assert_array_equal(CandidateRows(f, cand).take([3, 0]), scores.descriptors[[999, 3]])
     scattered = np.array([999, 3, 500, 4, 0, 998])
     np.testing.assert_array_equal(f.read_rows("descriptors", scattered, max_gap=2), scores.descriptors[scattered])
     np.testing.assert_array_equal(f.read_rows("entropy", scattered), scores.entropy[scattered])
