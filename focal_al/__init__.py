@@ -23,6 +23,10 @@ _EXPORTS = {
     "RevealedPixels": "cost",
     "PatchActiveLearner": "learner",
     "query_strategy": "registry",
+    "load_slides": "slides",
+    "ScoresFile": "scores_file",
+    "score_pool_distributed": "distributed",
+    "streaming_focannot": "streaming",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
