@@ -40,7 +40,6 @@ import torch
 from focal_al.distributed import connect, score_pool_distributed
 from focal_al.estimator import SegmentationNet
 from focal_al.registry import get_criterion
-from focal_al.scores_file import ScoresFile
 from focal_al.selection import cluster_importance, double_ranking, nearest_centroid
 from focal_al.store import ImagePatches, PatchStore
 from focal_al.streaming import CandidateRows, stream_kmeans

@@ -20,8 +20,6 @@ import numbers
 import os
 from pathlib import Path
 
-import numpy as np
-
 from focal_al.scores_file import ScoresFile, _allocate, _check_destination, _fsync, _temp_name, _write_rows
 
 __all__ = ["connect", "load_safetensors_weights", "save_safetensors_weights", "score_pool_distributed"]

@@ -180,6 +180,9 @@ def streaming_focannot(
         Pool indices, unique, from ``candidates``; cluster by cluster, best first.
     """
     scores = scores if isinstance(scores, ScoresFile) else ScoresFile(scores)
+    for name, value in (("chunk_size", chunk_size), ("n_epochs", n_epochs)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"The '{name}' parameter of streaming_focannot must be an int >= 1. Got {value!r} instead.")
     rng = np.random.default_rng(random_state)
     n = scores.n_patches
     if candidates is None:

@@ -181,6 +181,8 @@ def test_streaming_errors(tmp_path):
         streaming_focannot(f, 5, centroids=np.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"'n_instances' parameter must be in \[1, 100\]"):
         streaming_focannot(f, 101)
+    with pytest.raises(ValueError, match="'chunk_size' parameter of streaming_focannot must be an int >= 1. Got 0"):
+        streaming_focannot(f, 5, chunk_size=0)
 
 
 def test_cli_score_on_a_scheduler_address(tmp_path, store, net, client):

@@ -1,5 +1,4 @@
 """Whole-slide images into a PatchStore: small pyramidal TIFFs written with tifffile from GlaS tiles."""
-from pathlib import Path
 
 import numpy as np
 import pytest
