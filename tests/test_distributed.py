@@ -74,20 +74,16 @@ def test_store_by_path_and_existing_file(tmp_path, store, net, client):
         score_pool_distributed(net, store, path, client=client)
 
 
-def test_worker_failure_leaves_nothing(tmp_path, store, net, client):
+def test_worker_failure_leaves_nothing(tmp_path, store, net, client, monkeypatch):
     # A weights file the workers cannot use (wrong architecture) fails every task.
+    from focal_al import distributed
+
     other = SegmentationNet(module__width=4, module__depth=2, batch_size=8).initialize()
     bad = tmp_path / "w.safetensors"
     save_safetensors_weights(other, bad)
-    from focal_al import distributed
-
-    original = distributed.save_safetensors_weights
-    distributed.save_safetensors_weights = lambda net, path: os.replace(bad, path)
-    try:
-        with pytest.raises(ValueError, match="does not fit the network"):
-            score_pool_distributed(net, store, tmp_path / "r.h5", client=client)
-    finally:
-        distributed.save_safetensors_weights = original
+    monkeypatch.setattr(distributed, "save_safetensors_weights", lambda net, path: os.replace(bad, path))
+    with pytest.raises(ValueError, match="does not fit the network"):
+        score_pool_distributed(net, store, tmp_path / "r.h5", client=client)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors"]
 
 
