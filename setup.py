@@ -4,6 +4,8 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
+SLIDES = ["tiffslide>=2.4"]
+DISTRIBUTED = ["dask[distributed]>=2024.1", "safetensors>=0.4"]
 
 setup(
     name="focal-al",
@@ -32,7 +34,12 @@ setup(
         "matplotlib>=3.7",
         "shapely>=2.0",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80", "geojson>=3.0"]},
+    extras_require={
+        # Whole-slide images (focal_al.slides) and scoring on a Dask cluster (focal_al.distributed).
+        "slides": SLIDES,
+        "distributed": DISTRIBUTED,
+        "test": ["pytest>=7", "hypothesis>=6.80", "geojson>=3.0", *SLIDES, *DISTRIBUTED],
+    },
     entry_points={
         "console_scripts": ["focal-al = focal_al.cli:main"],
         "focal_al.criteria": ["builtin = focal_al_plugins.criteria"],

@@ -10,12 +10,24 @@ over pairs. The POT loop over all Q(Q-1)/2 = 2M pairs takes minutes, so a random
 timed and the per-pair time extrapolated (stated in the output). The accuracy check is exact: for
 a sample of rows, the mean over all other Q-1 rows is recomputed with POT, in float64.
 
+Part 3: the streaming query (:func:`focal_al.streaming.streaming_focannot`) over a scores file on
+disk at N = 1e6 and 1e7 (d = 512 float32: 20 GB of descriptors at 1e7, more than fits beside
+anything else in 24 GB), and the in-memory ``focannot`` strategy on the same 1e6 file. Each query
+runs in a fresh child process (imports done before the clock starts), which reports its wall time,
+its peak private memory (``RssAnon`` of ``/proc/self/status`` sampled every 10 ms: the memory that
+must fit) and its peak resident set (``resource.getrusage``; it also counts clean pages of the
+memory-mapped scores file, which the kernel reclaims under pressure). tracemalloc is not used:
+tracing every allocation made the query 2-3x slower. The synthetic file is written to ``--tmp-dir``
+(about 22 GB free needed) and removed afterwards.
+
 Usage::
 
     python3 benchmarks/bench_query.py            # N up to 1e6 (about 2 GB of descriptors)
     python3 benchmarks/bench_query.py --quick    # N up to 1e4, fewer POT pairs
+    python3 benchmarks/bench_query.py --streaming-only --stream-sizes 1000000,10000000
 
-Writes ``benchmarks/results/query.json`` (``--out`` to change).
+Writes ``benchmarks/results/query.json`` (``--out`` to change; ``--streaming-only`` updates only
+its ``streaming`` entry).
 """
 from __future__ import annotations
 
@@ -23,6 +35,11 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -164,11 +181,116 @@ def bench_id_vs_pot(q: int, n_pairs: int, n_rows: int, seed: int = 0) -> dict:
     return result
 
 
+def write_synthetic_scores_file(path, n: int, d: int = D, seed: int = 0):
+    """The blobs of :func:`synthetic_scores`, written block by block into a scores file (never whole)."""
+    from focal_al.scores_file import _allocate, _fsync, _write_rows
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 1.0, (3, d)).astype(np.float32)
+    offsets = _allocate(path, n, d, {"note": "synthetic: three blobs, random entropies"})
+    block = 1 << 16
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        x = rng.random((m, d), dtype=np.float32)
+        x += centres[rng.integers(0, 3, m)]
+        entropy = (rng.random(m) * np.log(2)).astype(np.float32)
+        _write_rows(path, offsets, start, PoolScores(entropy=entropy, margin=1 - entropy,
+                                                     least_confidence=entropy / 2, descriptors=x))
+    _fsync(path)
+
+
+def _child_query(path: str, mode: str, t: int, q: int, seed: int) -> None:
+    """Run one query in this (fresh) process and print its time and peak memory as JSON."""
+    from sklearn.cluster import MiniBatchKMeans  # noqa: F401  (import time is not query time)
+
+    from focal_al.registry import get_criterion
+    from focal_al.scores_file import ScoresFile
+    from focal_al.streaming import streaming_focannot
+
+    get_criterion("iu")  # loads the plugins
+    scores_file = ScoresFile(path)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_anon = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.01):
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"):
+                    peak_anon[0] = max(peak_anon[0], int(line.split()[1]))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    if mode == "streaming":
+        picked = streaming_focannot(scores_file, t, k=3, lam=0.5, candidate_ratio=q / t, random_state=seed)
+    else:
+        scores = PoolScores(entropy=np.array(scores_file.entropy), margin=np.array(scores_file.margin),
+                            least_confidence=np.array(scores_file.least_confidence),
+                            descriptors=np.array(scores_file.descriptors))
+        picked = get_strategy("focannot")(scores, t, np.arange(len(scores)), np.random.default_rng(seed),
+                                          k=3, lam=0.5, candidate_ratio=q / t)
+    elapsed = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    print(json.dumps({"time_s": round(elapsed, 2), "peak_private_gib": round(peak_anon[0] / 2**20, 3),
+                      "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+                      "rss_after_imports_gib": round(rss_before / 2**20, 3),
+                      "n_selected": int(len(np.unique(picked)))}))
+
+
+def bench_streaming(sizes, d: int, tmp_dir, in_memory_up_to: int, seed: int = 0) -> list[dict]:
+    rows = []
+    for n in sizes:
+        t, q = max(1, round(0.025 * n)), max(1, round(0.05 * n))
+        fd, path = tempfile.mkstemp(prefix="bench-scores-", suffix=".h5", dir=tmp_dir)
+        os.close(fd)
+        try:
+            start = time.perf_counter()
+            write_synthetic_scores_file(path, n, d, seed)
+            t_write = time.perf_counter() - start
+            modes = ["streaming"] + (["in_memory"] if n <= in_memory_up_to else [])
+            for mode in modes:
+                result = subprocess.run(
+                    [sys.executable, __file__, "--_child", path, mode, str(t), str(q), str(seed)],
+                    check=True, capture_output=True, text=True,
+                )
+                row = {"N": n, "d": d, "T": t, "Q": q, "k": 3, "mode": mode, "write_file_s": round(t_write, 1),
+                       "file_gib": round(os.path.getsize(path) / 2**30, 2), **json.loads(result.stdout.splitlines()[-1])}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            os.unlink(path)
+    return rows
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--_child":
+        path, mode, t, q, seed = sys.argv[2:7]
+        _child_query(path, mode, int(t), int(q), int(seed))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N up to 1e4 and fewer POT pairs")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "query.json"))
+    parser.add_argument("--streaming-only", action="store_true",
+                        help="run only Part 3 and update the 'streaming' entry of --out")
+    parser.add_argument("--stream-sizes", default="1000000,10000000",
+                        help="comma-separated N of the streaming query (Part 3)")
+    parser.add_argument("--stream-d", type=int, default=D, help="descriptor dimension of Part 3")
+    parser.add_argument("--in-memory-up-to", type=int, default=1_000_000,
+                        help="also run the in-memory strategy on Part 3 files up to this N")
+    parser.add_argument("--tmp-dir", default=None, help="where Part 3 writes its scores file (default: the system's)")
     args = parser.parse_args()
+    stream_sizes = [int(float(v)) for v in args.stream_sizes.split(",") if v.strip()]
+    if args.streaming_only:
+        out_path = Path(args.out)
+        out = json.loads(out_path.read_text()) if out_path.is_file() else {}
+        out["streaming"] = bench_streaming(stream_sizes, args.stream_d, args.tmp_dir, args.in_memory_up_to)
+        out["streaming_command"] = "python3 benchmarks/bench_query.py " + " ".join(sys.argv[1:])
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {out_path}")
+        return
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
     query = bench_query(sizes)
     id_vs_pot = bench_id_vs_pot(2000, n_pairs=2000 if args.quick else 20000, n_rows=2 if args.quick else 5)
@@ -182,6 +304,7 @@ def main():
         "query": query,
         "loglog_slope_total_vs_N_from_1e4": None if slope is None else round(slope, 3),
         "id_vs_pot": id_vs_pot,
+        "streaming": bench_streaming(stream_sizes, args.stream_d, args.tmp_dir, args.in_memory_up_to),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

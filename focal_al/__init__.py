@@ -24,6 +24,10 @@ _EXPORTS = {
     "PatchActiveLearner": "learner",
     "query_strategy": "registry",
     "AnnotationProject": "project",
+    "load_slides": "slides",
+    "ScoresFile": "scores_file",
+    "score_pool_distributed": "distributed",
+    "streaming_focannot": "streaming",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -289,3 +289,70 @@ def project_predict(directory, out, threads):
     _threads(threads)
     files = AnnotationProject(directory).predict(out)
     click.echo(f"{len(files) // 2} images segmented into {out}")
+
+
+@main.command()
+@click.argument("slides", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "store_path", required=True, type=click.Path(dir_okay=False), help="PatchStore file to write.")
+@click.option("--patch-size", type=int, required=True, help="Patch side in pixels of the level read.")
+@click.option("--overlap", type=float, default=0.0, show_default=True, help="Overlap rate rho in [0, 1).")
+@click.option("--level", type=int, help="Pyramid level to read (0 = full resolution); exclusive with --mpp.")
+@click.option("--mpp", type=float, help="Resolution to read in micrometres per pixel (nearest level of each slide).")
+@click.option("--min-tissue", type=float, default=0.5, show_default=True, help="Smallest tissue share of a kept patch.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+def slides(slides, store_path, patch_size, overlap, level, mpp, min_tissue, overwrite):
+    """Cut the tissue of whole-slide images (pyramidal TIFF, SVS) into a PatchStore."""
+    from focal_al.slides import load_slides
+
+    try:
+        store = load_slides(slides, store_path, patch_size=patch_size, overlap=overlap, level=level, mpp=mpp,
+                            min_tissue=min_tissue, overwrite=overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"{store.path}: {len(store)} patches of {store.patch_size} px from {store.n_images} slides")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "scores_path", required=True, type=click.Path(dir_okay=False),
+              help="Scores file to write (HDF5); the weights are copied next to it as .safetensors.")
+@click.option("--scheduler", help="Dask scheduler address (tcp://host:8786); default: a local cluster.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes of the local cluster.")
+@click.option("--width", type=int, default=16, show_default=True, help="Network width w the weights were trained with.")
+@click.option("--depth", type=int, default=4, show_default=True, help="Network depth the weights were trained with.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Patches per forward pass.")
+@click.option("--chunk-size", type=int, default=8192, show_default=True, help="Patches per Dask task.")
+@click.option("--query", "n_query", type=int, help="Also select this many patches (FocAnnot, streaming).")
+@click.option("--clusters", type=int, default=3, show_default=True, help="Number of clusters k of the query.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def score(store, weights, scores_path, scheduler, workers, width, depth, batch_size, chunk_size, n_query, clusters,
+          seed, overwrite):
+    """Score a PatchStore with safetensors weights on Dask workers; optionally query patches (CSV to stdout)."""
+    import csv
+    import sys
+
+    from focal_al.distributed import load_safetensors_weights, score_pool_distributed
+    from focal_al.estimator import SegmentationNet
+    from focal_al.store import PatchStore
+    from focal_al.streaming import streaming_focannot
+
+    try:
+        pool = PatchStore(store)
+        net = load_safetensors_weights(
+            SegmentationNet(module__width=width, module__depth=depth, batch_size=batch_size), weights)
+        scores = score_pool_distributed(net, pool, scores_path, client=scheduler, n_workers=workers,
+                                        chunk_size=chunk_size, overwrite=overwrite)
+        click.echo(f"{scores.path}: {scores.n_patches} patches scored, descriptors of dimension {scores.d}", err=True)
+        if n_query is not None:
+            picked = streaming_focannot(scores, n_query, k=clusters, random_state=seed)
+            writer = csv.writer(sys.stdout)
+            writer.writerow(["index", "image", "y_level0", "x_level0", "side_level0"])
+            for i in picked:
+                image = int(pool.image_index[i])
+                y, x = pool.coords_level0[i]
+                side = round(pool.patch_size * float(pool.image_downsamples[image]))
+                writer.writerow([int(i), pool.image_names[image], int(y), int(x), side])
+    except (ValueError, FileExistsError, FileNotFoundError, ConnectionError) as err:
+        raise click.ClickException(str(err)) from err

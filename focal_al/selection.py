@@ -515,6 +515,7 @@ def double_ranking(
     rank_criterion="iu",
     diversity_criterion="id",
     rng: np.random.Generator,
+    refined_scores: Callable | None = None,
 ) -> np.ndarray:
     """Algorithm 1, cluster-instance double ranking.
 
@@ -540,6 +541,12 @@ def double_ranking(
     rank_criterion, diversity_criterion : str or callable
         Instance criteria, by registry name or as functions.
     rng : numpy.random.Generator
+    refined_scores : callable, optional
+        ``refined_scores(refined) -> PoolScores`` of exactly the pool indices ``refined`` (shape
+        (q_c,)), in that order. When given, the diversity criterion reads it (with candidates
+        ``0 .. q_c - 1``) instead of ``scores``, so a caller whose descriptors do not fit in memory
+        (:mod:`focal_al.streaming`) loads only the refined candidates'. The values, and so the
+        selection, are the same either way.
 
     Returns
     -------
@@ -569,6 +576,9 @@ def double_ranking(
         cluster = candidates[members[c]]
         uncertainty = evaluate_criterion(rank_criterion, scores, cluster, rng)
         refined = cluster[top_rank(uncertainty, int(q_c[c]))]
-        reweighted = evaluate_criterion(diversity_criterion, scores, refined, rng)
+        if refined_scores is None:
+            reweighted = evaluate_criterion(diversity_criterion, scores, refined, rng)
+        else:
+            reweighted = evaluate_criterion(diversity_criterion, refined_scores(refined), np.arange(len(refined)), rng)
         chosen.append(refined[top_rank(reweighted, int(t_c[c]))])
     return np.concatenate(chosen).astype(np.intp)

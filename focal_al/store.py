@@ -8,7 +8,14 @@ Layout of the file (format ``focal_al.PatchStore``, version 1)::
     /image_index   (N,)         int64   index of the source image of each patch
     /image_names   (n_images,)  str
     /image_shapes  (n_images, 2) int64  (H, W) of each source image before padding
+    /coords_level0      (N, 2)      int64    optional: (y, x) in full-resolution (level-0) pixels
+    /image_downsamples  (n_images,) float64  optional: level-0 pixels per store pixel, per image
     attributes: format, format_version, patch_size, overlap, stride, allow_padding, n_channels
+
+The two optional datasets are written for images read from a lower pyramid level of a whole-slide
+image (:mod:`focal_al.slides`), so that exports land where slide viewers (QuPath) expect them.
+Without them the store's pixels are level-0 pixels: ``coords_level0`` equals ``coords`` and every
+downsample is 1. Readers of version 1 that predate them ignore them.
 
 The two big datasets are contiguous and unfiltered so that they can be mapped with
 :class:`numpy.memmap` at the offset HDF5 reports: random batches then cost a memory copy, not an
@@ -19,18 +26,20 @@ Files are written to a temporary name in the destination directory and moved int
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Sized
+from collections.abc import Iterable, Sized
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 
 from focal_al.patches import _check_overlap, _check_patch_size, _grid, _mirror_pad, _stride
 
-__all__ = ["PatchStore"]
+__all__ = ["ImagePatches", "PatchStore"]
 
 FORMAT = "focal_al.PatchStore"
 FORMAT_VERSION = 1
@@ -84,6 +93,76 @@ def _as_labels(labels, i, shape):
     return labels.astype(np.uint8, copy=False)
 
 
+class ImagePatches(NamedTuple):
+    """One image's patches, produced chunk by chunk, for :meth:`PatchStore.build_from_patches`.
+
+    For images too large to hold whole (whole-slide images): the caller cuts the patches and
+    hands them over a chunk at a time, so memory is bounded by one chunk.
+
+    Attributes
+    ----------
+    name : str
+        Unique image name.
+    shape : tuple of (int, int)
+        ``(H, W)`` of the image in store pixels.
+    chunks : iterable of (coords, patches, labels)
+        ``coords`` ndarray of shape (k, 2) int, ``(y, x)`` top-left corners in store pixels;
+        ``patches`` ndarray of shape (k, C, l, l) uint8, channels first; ``labels`` ndarray of
+        shape (k, l, l) uint8 (0, 1, 255 = ignore). Chunks may be empty (k = 0).
+    downsample : float, default=1.0
+        Level-0 pixels per store pixel (the pyramid level's downsample factor).
+    """
+
+    name: str
+    shape: tuple
+    chunks: Iterable
+    downsample: float = 1.0
+
+
+def _check_destination(path, overwrite):
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"PatchStore file '{path}' already exists; pass overwrite=True to replace it."
+        )
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"The directory of PatchStore file '{path}' does not exist: '{path.parent}'."
+        )
+
+
+@contextlib.contextmanager
+def _atomic_h5(path, overwrite, caller):
+    """Yield an HDF5 file open for writing at a temporary name next to ``path``; on success flush,
+    fsync and move it to ``path`` with ``os.replace``; on any error remove it."""
+    _check_destination(path, overwrite)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp_name, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            yield f
+            f.flush()
+        with open(tmp_name, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if path.exists() and not overwrite:
+            raise FileExistsError(
+                f"PatchStore file '{path}' appeared while {caller} was writing it; pass "
+                f"overwrite=True to replace it."
+            )
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def _staging_file(path):
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".staging.tmp", dir=path.parent)
+    os.close(fd)
+    return name
+
+
 class PatchStore:
     """Read-only view of a patch file built by :meth:`PatchStore.build`.
 
@@ -109,6 +188,11 @@ class PatchStore:
     image_names : list of str
     image_shapes : ndarray of shape (n_images, 2), dtype int64
         ``(H, W)`` of the source images (before any mirror padding).
+    coords_level0 : ndarray of shape (n_patches, 2), dtype int64
+        ``(y, x)`` top-left corner of each patch in full-resolution (level-0) pixels of its image;
+        equal to ``coords`` unless the store was read from a lower pyramid level of a slide.
+    image_downsamples : ndarray of shape (n_images,), dtype float64
+        Level-0 pixels per store pixel of each image (1 unless read from a pyramid level).
     patch_size, stride : int
     overlap : float
     allow_padding : bool
@@ -165,6 +249,14 @@ class PatchStore:
                 self.image_names = [
                     n.decode() if isinstance(n, bytes) else str(n) for n in f["image_names"][()]
                 ]
+                self.coords_level0 = (
+                    f["coords_level0"][()] if "coords_level0" in f else self.coords
+                )
+                self.image_downsamples = (
+                    f["image_downsamples"][()]
+                    if "image_downsamples" in f
+                    else np.ones(len(self.image_names))
+                )
                 self._layout = {}
                 for name in ("patches", "labels"):
                     dset = f[name]
@@ -323,15 +415,7 @@ class PatchStore:
                 f"The 'names' parameter of {caller} must hold unique image names. "
                 f"Got duplicates {duplicates[:5]} instead."
             )
-        if path.exists() and not overwrite:
-            raise FileExistsError(
-                f"PatchStore file '{path}' already exists; pass overwrite=True to replace it."
-            )
-        if not path.parent.is_dir():
-            raise FileNotFoundError(
-                f"The directory of PatchStore file '{path}' does not exist: '{path.parent}'."
-            )
-
+        _check_destination(path, overwrite)
         shapes = None
         if isinstance(images, Sized) and hasattr(images, "__getitem__"):
             if len(images) != len(names):
@@ -343,13 +427,9 @@ class PatchStore:
                 len(_grid(s, patch_size, overlap, allow_padding, caller).coords) for s in shapes
             ]
 
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         staging_name = None
         try:
-            with h5py.File(tmp_name, "w") as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["format_version"] = FORMAT_VERSION
+            with _atomic_h5(path, overwrite, caller) as f:
                 f.attrs["patch_size"] = patch_size
                 f.attrs["overlap"] = overlap
                 f.attrs["allow_padding"] = bool(allow_padding)
@@ -357,10 +437,7 @@ class PatchStore:
                 if shapes is not None:
                     writer.preallocate(sum(counts), images[0])
                 else:
-                    fd, staging_name = tempfile.mkstemp(
-                        prefix=f".{path.name}.", suffix=".staging.tmp", dir=path.parent
-                    )
-                    os.close(fd)
+                    staging_name = _staging_file(path)
                     writer.stage(staging_name)
                 n_written = writer.write_all(images, labels, len(names))
                 if n_written != len(names):
@@ -378,19 +455,6 @@ class PatchStore:
                     )
                 f.attrs["stride"] = writer.stride
                 f.attrs["n_channels"] = writer.n_channels
-                f.flush()
-            with open(tmp_name, "rb+") as fh:
-                os.fsync(fh.fileno())
-            if path.exists() and not overwrite:
-                raise FileExistsError(
-                    f"PatchStore file '{path}' appeared while it was being built; pass "
-                    f"overwrite=True to replace it."
-                )
-            os.replace(tmp_name, path)
-        except BaseException:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-            raise
         finally:
             if staging_name is not None and os.path.exists(staging_name):
                 os.unlink(staging_name)
@@ -416,6 +480,84 @@ class PatchStore:
             allow_padding=allow_padding,
             overwrite=overwrite,
         )
+
+    @classmethod
+    def build_from_patches(cls, path, images, *, patch_size, overlap, overwrite=False):
+        """Write a store from patches already cut, image by image and chunk by chunk.
+
+        For images too large to hold whole (whole-slide images, see :func:`focal_al.slides.load_slides`):
+        memory is bounded by one chunk. Patches are staged in a raw temporary file next to
+        ``path`` and copied once into the final contiguous datasets; the file appears at ``path``
+        only when complete, as with :meth:`build`. When any image has a downsample other than 1
+        the level-0 coordinates ``round(coords * downsample)`` and the downsamples are stored too.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file.
+        images : iterable of ImagePatches
+            One entry per image: its unique name, ``(H, W)`` in store pixels, its chunks of
+            ``(coords, patches, labels)`` and its downsample.
+        patch_size : int
+            Side ``l`` of the patches (every chunk's patches must have it).
+        overlap : float in [0, 1)
+            Overlap the patches were cut with (recorded with the stride it implies).
+        overwrite : bool, default=False
+            Replace an existing file at ``path``.
+
+        Returns
+        -------
+        store : PatchStore
+            The new store, opened.
+        """
+        caller = "PatchStore.build_from_patches"
+        path = Path(path)
+        patch_size = _check_patch_size(patch_size, caller)
+        overlap = _check_overlap(overlap, caller)
+        _check_destination(path, overwrite)
+        staging_name = _staging_file(path)
+        names, downsamples = [], []
+        try:
+            with _atomic_h5(path, overwrite, caller) as f:
+                f.attrs["patch_size"] = patch_size
+                f.attrs["overlap"] = overlap
+                f.attrs["allow_padding"] = False
+                writer = _PatchWriter(f, patch_size, overlap, False, caller)
+                writer.stage(staging_name)
+                try:
+                    for i, image in enumerate(images):
+                        if not isinstance(image, ImagePatches):
+                            raise TypeError(
+                                f"Item {i} passed to {caller} must be an ImagePatches. Got "
+                                f"{type(image).__name__} instead."
+                            )
+                        if image.name in names:
+                            raise ValueError(
+                                f"{caller} got the image name {image.name!r} twice; names must be unique."
+                            )
+                        names.append(str(image.name))
+                        downsamples.append(float(image.downsample))
+                        writer.add_chunks(i, tuple(int(v) for v in image.shape), image.chunks)
+                finally:
+                    writer.close_staging()
+                if writer.n == 0:
+                    raise ValueError(
+                        f"{caller} got no patches for '{path}' ({len(names)} images, all empty)."
+                    )
+                writer.finish(names)
+                f.attrs["stride"] = writer.stride
+                f.attrs["n_channels"] = writer.n_channels
+                if any(d != 1.0 for d in downsamples):
+                    scale = np.asarray(downsamples)[f["image_index"][()]][:, None]
+                    f.create_dataset(
+                        "coords_level0",
+                        data=np.rint(f["coords"][()] * scale).astype(np.int64),
+                    )
+                    f.create_dataset("image_downsamples", data=np.asarray(downsamples))
+        finally:
+            if os.path.exists(staging_name):
+                os.unlink(staging_name)
+        return cls(path)
 
 
 class _PatchWriter:
@@ -473,9 +615,45 @@ class _PatchWriter:
             if next(label_iter, None) is not None:
                 raise ValueError(f"{self.caller} got more label maps than the {n_images} images.")
         finally:
-            if self._staging is not None:
-                self._staging.close()
+            self.close_staging()
         return n_images
+
+    def close_staging(self):
+        if self._staging is not None:
+            self._staging.close()
+
+    def add_chunks(self, i, shape, chunks):
+        """Append image ``i``'s patches from chunks of (coords, patches, labels) (staging only)."""
+        coords_all, k_all = [], 0
+        for coords, img_patches, lab_patches in chunks:
+            coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+            img_patches = np.asarray(img_patches)
+            lab_patches = np.asarray(lab_patches)
+            k, l = len(coords), self.patch_size
+            if self.n_channels is None and k:
+                self.n_channels = img_patches.shape[1] if img_patches.ndim == 4 else None
+            c = self.n_channels
+            if k and (
+                img_patches.dtype != np.uint8
+                or img_patches.shape != (k, c, l, l)
+                or lab_patches.dtype != np.uint8
+                or lab_patches.shape != (k, l, l)
+            ):
+                raise ValueError(
+                    f"A chunk of image {i} passed to {self.caller} has {k} coords, patches "
+                    f"{img_patches.dtype} {img_patches.shape} and labels {lab_patches.dtype} "
+                    f"{lab_patches.shape}; expected uint8 ({k}, {c}, {l}, {l}) and uint8 ({k}, {l}, {l})."
+                )
+            if k:
+                self._staging.write(np.ascontiguousarray(img_patches).tobytes())
+                self._staging.write(np.ascontiguousarray(lab_patches).tobytes())
+                self._staged_sizes.append(k)
+            coords_all.append(coords)
+            k_all += k
+        self.n += k_all
+        self.coords.append(np.concatenate(coords_all) if coords_all else np.empty((0, 2), np.int64))
+        self.image_index.append(np.full(k_all, i, dtype=np.int64))
+        self.shapes.append(shape)
 
     def _write(self, i, image, label):
         image = _as_image(image, i, self.n_channels)
