@@ -164,7 +164,7 @@ def _check_positive(value, name: str, *, allow_zero: bool) -> float:
 
 def _average_ranks_descending(values: np.ndarray) -> np.ndarray:
     """Rank 1 for the largest value; tied values share the mean of their ranks."""
-    unique, inverse, counts = np.unique(-values, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(-values, return_inverse=True, return_counts=True)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     return (first + (counts + 1) / 2.0)[inverse.reshape(-1)]
 
