@@ -214,7 +214,9 @@ def stochastic_top(values, n: int, rng: np.random.Generator, *, mode: str = "pow
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or not np.all(np.isfinite(values)):
-        raise ValueError(f"stochastic_top needs a 1-D array of finite scores. Got {np.array2string(values, threshold=8)}.")
+        raise ValueError(
+            f"stochastic_top needs a 1-D array of finite scores. Got {np.array2string(values, threshold=8)}."
+        )
     m = len(values)
     if not 0 <= n <= m:
         raise ValueError(f"stochastic_top needs 0 <= n <= {m} (the number of values). Got {n} instead.")

@@ -2,7 +2,8 @@
 
 Table 1 of the paper (strategies 1-7 and the random baselines), then strategies from the
 active-learning literature: stochastic batch acquisition, core-set, TypiClust and
-foreground-aware random patches. Each is a selector ``select(scores, n_instances, candidates, rng, **params) -> ndarray of int``
+foreground-aware random patches. Each is a selector
+``select(scores, n_instances, candidates, rng, **params) -> ndarray of int``
 returning ``n_instances`` unique pool indices taken from ``candidates``. Criteria are looked up by
 registry name, so a user's criterion replaces a built-in one through a parameter (for example
 ``focannot`` with ``uncertainty="my-criterion"``).
@@ -334,10 +335,11 @@ def random_foreground(scores, n_instances, candidates, rng, *, foreground_share=
         Minimum share of the query drawn from patches with foreground, in [0, 1].
     """
     n, candidates = _prepare(scores, n_instances, candidates)
-    share_ok = isinstance(foreground_share, (int, float, np.floating)) and not isinstance(foreground_share, bool)
+    share_ok = isinstance(foreground_share, (int, float, np.integer, np.floating)) and not isinstance(foreground_share, bool)
     if not share_ok or not 0.0 <= foreground_share <= 1.0:
         raise ValueError(
-            f"The 'foreground_share' parameter of random-foreground must be a float in [0, 1]. Got {foreground_share!r} instead."
+            "The 'foreground_share' parameter of random-foreground must be a float in [0, 1]. "
+            f"Got {foreground_share!r} instead."
         )
     if "foreground_fraction" not in scores.extras:
         raise KeyError(
