@@ -335,7 +335,8 @@ def random_foreground(scores, n_instances, candidates, rng, *, foreground_share=
         Minimum share of the query drawn from patches with foreground, in [0, 1].
     """
     n, candidates = _prepare(scores, n_instances, candidates)
-    share_ok = isinstance(foreground_share, (int, float, np.integer, np.floating)) and not isinstance(foreground_share, bool)
+    share_ok = isinstance(foreground_share, (int, float, np.integer, np.floating))
+    share_ok = share_ok and not isinstance(foreground_share, bool)
     if not share_ok or not 0.0 <= foreground_share <= 1.0:
         raise ValueError(
             "The 'foreground_share' parameter of random-foreground must be a float in [0, 1]. "
