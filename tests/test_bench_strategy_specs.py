@@ -66,6 +66,9 @@ def test_resolve_strategy_keys_and_validation(test_criterion):
     assert resolve_strategy("7( k=5,uncertainty=test-cli-criterion)").key == spec.key
     assert resolve_strategy("focannot()") == resolve_strategy("7-focannot")
     assert resolve_strategy("2(n_uncertain=8)").network == "fcn"
+    sampled = resolve_strategy("7(selection=softmax,temperature=0.1)")
+    assert sampled.params == {"selection": "softmax", "temperature": 0.1}
+    assert sampled.key == "7-focannot(selection=softmax,temperature=0.1)"
     odd = resolve_strategy("stochastic(uncertainty=iu,mode=softmax,temperature=0.5,beta=none)")
     assert odd.key == "stochastic(beta=none,mode=softmax,temperature=0.5,uncertainty=iu)"
     with pytest.raises(ValueError, match="unknown parameter\\(s\\) 'kk' \\(did you mean 'k'\\?\\)"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from focal_al import selection
-from focal_al.registry import get_strategy, strategy_info
+from focal_al.registry import get_strategy, query_strategy, strategy_info
 from focal_al.scores import PoolScores
 
 
@@ -89,6 +89,9 @@ def test_stochastic_strategy_any_criterion_by_name():
     assert set(warm.tolist()) != top
     with pytest.raises(KeyError, match="Unknown criterion 'iuu'"):
         stochastic(scores, 2, np.arange(60), np.random.default_rng(0), uncertainty="iuu")
+    # Composed through the registry, a misspelt criterion is refused before any query.
+    with pytest.raises(KeyError, match="Unknown criterion 'marginn'.*Did you mean 'margin'"):
+        query_strategy("stochastic", uncertainty="marginn")
 
 
 def test_focannot_default_selection_is_unchanged_and_stochastic_stays_in_the_refined_sets():
