@@ -20,14 +20,21 @@ memory-mapped scores file, which the kernel reclaims under pressure). tracemallo
 tracing every allocation made the query 2-3x slower. The synthetic file is written to ``--tmp-dir``
 (about 22 GB free needed) and removed afterwards.
 
+Part 4 (``--literature``, run on its own): the strategies from the literature at N = 1e4 and 1e5
+patches with d = 128 synthetic descriptors (the same three blobs) and T = 2.5 % N: ``coreset``
+(greedy k-center, O(T N d)), ``typiclust`` (k-means into min(T, 500) clusters, then typicality by
+nearest neighbours), ``stochastic`` (power sampling of IU) and ``random-foreground``, each end to
+end through the registered strategy, with k-means and the typicality of TypiClust timed apart.
+
 Usage::
 
     python3 benchmarks/bench_query.py            # N up to 1e6 (about 2 GB of descriptors)
     python3 benchmarks/bench_query.py --quick    # N up to 1e4, fewer POT pairs
     python3 benchmarks/bench_query.py --streaming-only --stream-sizes 1000000,10000000
+    python3 benchmarks/bench_query.py --literature  # part 4 only
 
 Writes ``benchmarks/results/query.json`` (``--out`` to change; ``--streaming-only`` updates only
-its ``streaming`` entry).
+its ``streaming`` entry); part 4 writes ``benchmarks/results/query_literature.json`` (``--literature-out``).
 """
 from __future__ import annotations
 
@@ -52,17 +59,18 @@ from focal_al.selection import cluster_importance, double_ranking, kmeans, mean_
 D = 512
 
 
-def synthetic_scores(n: int, seed: int = 0) -> PoolScores:
+def synthetic_scores(n: int, seed: int = 0, d: int = D, extras: dict | None = None) -> PoolScores:
     """Three blobs of float32 descriptors (generated in chunks, no float64 copy) and random entropies."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(0.0, 1.0, (3, D)).astype(np.float32)
-    x = np.empty((n, D), dtype=np.float32)
+    centres = rng.normal(0.0, 1.0, (3, d)).astype(np.float32)
+    x = np.empty((n, d), dtype=np.float32)
     for start in range(0, n, 1 << 16):
         stop = min(n, start + (1 << 16))
-        rng.random((stop - start, D), dtype=np.float32, out=x[start:stop])
+        rng.random((stop - start, d), dtype=np.float32, out=x[start:stop])
         x[start:stop] += centres[rng.integers(0, 3, stop - start)]
     entropy = rng.random(n) * np.log(2)
-    return PoolScores(entropy=entropy, margin=1 - entropy, least_confidence=entropy / 2, descriptors=x)
+    return PoolScores(entropy=entropy, margin=1 - entropy, least_confidence=entropy / 2, descriptors=x,
+                      extras=extras or {})
 
 
 def timed_query(scores: PoolScores, t: int, q: int, seed: int) -> tuple[dict, np.ndarray]:
@@ -261,6 +269,38 @@ def bench_streaming(sizes, d: int, tmp_dir, in_memory_up_to: int, seed: int = 0)
                 print(json.dumps(row), flush=True)
         finally:
             os.unlink(path)
+def bench_literature(sizes, d: int = 128, seed: int = 0) -> list[dict]:
+    """End-to-end time of each literature strategy, one query of T = 2.5 % N, plus TypiClust's stages."""
+    from focal_al.selection import kmeans as cluster
+
+    strategies = {
+        "coreset": {}, "typiclust": {}, "stochastic": {"uncertainty": "iu", "mode": "power"},
+        "random-foreground": {"foreground_share": 0.5},
+    }
+    # Warm-up: imports (scikit-learn) and first-call costs.
+    small = synthetic_scores(500, seed, d, extras={"foreground_fraction": np.random.default_rng(seed).random(500)})
+    for name, params in strategies.items():
+        get_strategy(name)(small, 10, np.arange(500), np.random.default_rng(seed), **params)
+    rows = []
+    for n in sizes:
+        fraction = np.where(np.random.default_rng(seed).random(n) < 0.3, 0.0, 0.5)
+        scores = synthetic_scores(n, seed, d, extras={"foreground_fraction": fraction})
+        t = max(1, round(0.025 * n))
+        row = {"N": n, "d": d, "T": t}
+        for name, params in strategies.items():
+            start = time.perf_counter()
+            picked = get_strategy(name)(scores, t, np.arange(n), np.random.default_rng(seed), **params)
+            row[f"{name}_s"] = round(time.perf_counter() - start, 3)
+            if len(np.unique(picked)) != t:
+                raise RuntimeError(f"{name} returned {len(np.unique(picked))} unique patches; expected {t}.")
+        k = min(t, 500)
+        start = time.perf_counter()
+        cluster(scores.descriptors, k, rng=np.random.default_rng(seed), n_init=1)
+        row["typiclust_kmeans_s"] = round(time.perf_counter() - start, 3)
+        row["typiclust_clusters"] = k
+        row["typiclust_typicality_and_rest_s"] = round(row["typiclust_s"] - row["typiclust_kmeans_s"], 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 
@@ -280,7 +320,22 @@ def main():
     parser.add_argument("--in-memory-up-to", type=int, default=1_000_000,
                         help="also run the in-memory strategy on Part 3 files up to this N")
     parser.add_argument("--tmp-dir", default=None, help="where Part 3 writes its scores file (default: the system's)")
+    parser.add_argument("--literature", action="store_true",
+                        help="only part 4: coreset, typiclust, stochastic, random-foreground at N = 1e4, 1e5 (d = 128)")
+    parser.add_argument("--literature-out", default=str(Path(__file__).parent / "results" / "query_literature.json"))
     args = parser.parse_args()
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+               "platform": platform.platform()}
+    if args.literature:
+        out = {"machine": machine, "command": "python3 benchmarks/bench_query.py --literature",
+               "note": "one query of T = 2.5 % N from N synthetic patches, end to end through the registered "
+                       "strategy; typiclust_kmeans_s is a separate run of its k-means (same seed), so "
+                       "typiclust_typicality_and_rest_s is an estimate.",
+               "literature": bench_literature([10_000, 100_000])}
+        Path(args.literature_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.literature_out).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.literature_out}")
+        return
     stream_sizes = [int(float(v)) for v in args.stream_sizes.split(",") if v.strip()]
     if args.streaming_only:
         out_path = Path(args.out)
@@ -298,8 +353,7 @@ def main():
     tot = [r["total_s"] for r in query]
     slope = float(np.polyfit(np.log10(n[1:]), np.log10(tot[1:]), 1)[0]) if len(n) > 2 else None
     out = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "platform": platform.platform()},
+        "machine": machine,
         "command": "python3 benchmarks/bench_query.py" + (" --quick" if args.quick else ""),
         "query": query,
         "loglog_slope_total_vs_N_from_1e4": None if slope is None else round(slope, 3),

@@ -37,12 +37,15 @@ def plugins(pattern):
 
 def _csv(kind):
     def parse(ctx, param, value):
+        from focal_al.bench.config import split_top_level
+
         if value is None:
             return None
         try:
-            return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise click.BadParameter(f"expected a comma-separated list of {kind.__name__}; got {value!r}")
+            # Commas inside parentheses separate a strategy's parameters: focannot(k=5,lam=0.3),4
+            return tuple(kind(v) for v in split_top_level(value))
+        except ValueError as err:
+            raise click.BadParameter(f"expected a comma-separated list of {kind.__name__}; got {value!r} ({err})")
     return parse
 
 
@@ -66,7 +69,8 @@ def _csv(kind):
 @click.option("--image-size", type=int, help="Side of the synthetic images in pixels (--dataset synthetic).")
 @click.option("--scale", type=float, help="Resolution factor applied to the images (0.5 = half).")
 @click.option("--strategies", callback=_csv(str),
-              help="Comma-separated: Table 1 numbers (1-7), random-image, random-patch, or any registered strategy.")
+              help="Comma-separated: Table 1 numbers (1-7), random-image, random-patch, or any registered strategy, "
+                   "optionally with parameters and criteria by name: 'focannot(uncertainty=margin,k=5),4'.")
 @click.option("--seeds", callback=_csv(int), help="Comma-separated seeds, e.g. 0,1.")
 @click.option("--patch-size", type=int, help="Patch side l in pixels.")
 @click.option("--overlap", type=float, help="Overlap rate rho in [0, 1).")

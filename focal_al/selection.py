@@ -1,4 +1,4 @@
-"""Selectors shared by the strategies: ranking, diversity cores, clustering, quotas, Algorithm 1.
+"""Selectors shared by the strategies: ranking, stochastic ranking, diversity cores, clustering, quotas, Algorithm 1.
 
 Everything here is numpy (plus scikit-learn's MiniBatchKMeans); no torch. Criteria are passed by
 registry name or as callables, so a user's criterion replaces a built-in one anywhere.
@@ -14,6 +14,9 @@ __all__ = [
     "check_indices",
     "check_selection",
     "top_rank",
+    "STOCHASTIC_MODES",
+    "SELECTIONS",
+    "stochastic_top",
     "sorted_descriptors",
     "mean_sq_sorted_distance",
     "mean_sorted_distance",
@@ -140,6 +143,100 @@ def top_rank(values, n: int) -> np.ndarray:
         chosen = np.arange(m)
     order = np.lexsort((chosen, -values[chosen]))
     return chosen[order].astype(np.intp)
+
+
+#: The sampling distributions of :func:`stochastic_top` (Kirsch et al., TMLR 2023).
+STOCHASTIC_MODES = ("power", "softmax", "softrank")
+#: ``selection`` values accepted by :func:`double_ranking`: deterministic top-T, or a stochastic mode.
+SELECTIONS = ("top", *STOCHASTIC_MODES)
+
+
+def _check_positive(value, name: str, *, allow_zero: bool) -> float:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        value = float(value)
+        ok = np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
+        raise ValueError(f"The {name!r} parameter must be {expected}. Got {value!r} instead.")
+    return value
+
+
+def _average_ranks_descending(values: np.ndarray) -> np.ndarray:
+    """Rank 1 for the largest value; tied values share the mean of their ranks."""
+    _, inverse, counts = np.unique(-values, return_inverse=True, return_counts=True)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return (first + (counts + 1) / 2.0)[inverse.reshape(-1)]
+
+
+def stochastic_top(values, n: int, rng: np.random.Generator, *, mode: str = "power", beta: float = 1.0,
+                   temperature: float = 1.0) -> np.ndarray:
+    """Positions of ``n`` values sampled without replacement, with probability growing with the value.
+
+    Stochastic batch acquisition (Kirsch, Farquhar, Atighehchian, Jesson, Branchaud-Charron and
+    Gal, "Stochastic Batch Acquisition: A Simple Baseline for Deep Active Learning", TMLR 2023):
+    instead of the top-``n`` scores, draw ``n`` positions one after the other, each with
+    probability proportional to a weight ``w_i`` among those not drawn yet. The draws use the
+    Gumbel-top-k trick (the ``n`` largest ``log w_i + Gumbel noise``), which is exactly that
+    sequential sampling, in one O(m) pass.
+
+    Weights by ``mode``:
+
+    - ``"power"``: ``w_i = s_i ** beta``. The paper defines it on non-negative scores (entropy,
+      BALD): scores that are all ``>= 0`` are used as they are; otherwise (e.g. minus the margin)
+      they are first shifted by their minimum, ``s - min(s)``, so the lowest one gets weight 0.
+      Zero-weight positions are drawn only after every positive one, in uniform random order, so
+      ``n`` may be as large as ``m`` and all-equal (all-zero) scores give uniform sampling.
+    - ``"softmax"``: ``w_i = exp(s_i / temperature)`` (shift-invariant, any sign).
+    - ``"softrank"``: ``w_i = rank_i ** -beta``, rank 1 for the highest score; tied scores share
+      their mean rank (all-equal scores give uniform sampling).
+
+    ``beta = 0`` gives uniform sampling; large ``beta`` (small ``temperature``) approach top-``n``.
+
+    Parameters
+    ----------
+    values : ndarray of shape (m,)
+        Finite scores, higher = ask first.
+    n : int
+        Number of positions drawn, ``0 <= n <= m``.
+    rng : numpy.random.Generator
+        Source of the Gumbel noise (``m`` draws per call).
+    mode : {"power", "softmax", "softrank"}
+    beta : float
+        Exponent of ``"power"`` and ``"softrank"``, ``>= 0``.
+    temperature : float
+        Temperature of ``"softmax"``, ``> 0``.
+
+    Returns
+    -------
+    ndarray of int of shape (n,)
+        Positions into ``values``, unique, in the order drawn.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"stochastic_top needs a 1-D array of finite scores. Got {np.array2string(values, threshold=8)}."
+        )
+    m = len(values)
+    if not 0 <= n <= m:
+        raise ValueError(f"stochastic_top needs 0 <= n <= {m} (the number of values). Got {n} instead.")
+    if mode not in STOCHASTIC_MODES:
+        raise ValueError(f"The 'mode' parameter must be one of {STOCHASTIC_MODES}. Got {mode!r} instead.")
+    beta = _check_positive(beta, "beta", allow_zero=True)
+    temperature = _check_positive(temperature, "temperature", allow_zero=False)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"stochastic_top draws from a numpy.random.Generator. Got {rng!r} instead.")
+    if mode == "softmax":
+        log_weights = values / temperature
+    elif mode == "softrank":
+        log_weights = -beta * np.log(_average_ranks_descending(values))
+    else:
+        shifted = values - min(values.min(initial=0.0), 0.0)
+        # The smallest positive double stands in for 0: its log (-708) puts zero weights behind any
+        # positive one whatever the Gumbel noise, while they still tie with each other.
+        log_weights = beta * np.log(np.maximum(shifted, np.finfo(np.float64).tiny))
+    keys = log_weights + rng.gumbel(size=m)
+    return top_rank(keys, n)
 
 
 def sorted_descriptors(descriptors) -> np.ndarray:
@@ -516,13 +613,17 @@ def double_ranking(
     diversity_criterion="id",
     rng: np.random.Generator,
     refined_scores: Callable | None = None,
+    selection: str = "top",
+    beta: float = 1.0,
+    temperature: float = 1.0,
 ) -> np.ndarray:
     """Algorithm 1, cluster-instance double ranking.
 
     Per cluster c: quotas ``T_c`` and ``Q_c`` from ``importance`` by largest remainder (a cluster
     with fewer candidates passes its surplus to the others; ``Q_c >= T_c``); keep the top ``Q_c``
     candidates by ``rank_criterion`` (IU), score those by ``diversity_criterion`` computed over that
-    refined set (S, Eq. 5), take the top ``T_c``.
+    refined set (S, Eq. 5), take the top ``T_c`` (``selection="top"``, the paper's Algorithm 1) or
+    sample ``T_c`` of them by :func:`stochastic_top` (stochastic batch acquisition).
 
     Parameters
     ----------
@@ -547,12 +648,23 @@ def double_ranking(
         ``0 .. q_c - 1``) instead of ``scores``, so a caller whose descriptors do not fit in memory
         (:mod:`focal_al.streaming`) loads only the refined candidates'. The values, and so the
         selection, are the same either way.
+    selection : {"top", "power", "softmax", "softrank"}
+        How the ``T_c`` patches are taken from the refined set: the highest S (``"top"``), or
+        sampled with probability growing with S (the ``mode`` of :func:`stochastic_top`).
+    beta, temperature : float
+        Parameters of the stochastic modes (see :func:`stochastic_top`); unused with ``"top"``.
 
     Returns
     -------
     ndarray of int of shape (n_instances,)
-        Pool indices, unique, from ``candidates``; cluster by cluster, best first.
+        Pool indices, unique, from ``candidates``; cluster by cluster, best (or first drawn) first.
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"The 'selection' parameter must be one of {SELECTIONS}. Got {selection!r} instead.")
+    if selection != "top":
+        # Checked before any criterion runs, so a bad value fails at once rather than per cluster.
+        _check_positive(beta, "beta", allow_zero=True)
+        _check_positive(temperature, "temperature", allow_zero=False)
     candidates = np.asarray(candidates, dtype=np.intp)
     labels = np.asarray(cluster_labels)
     if labels.shape != candidates.shape:
@@ -580,5 +692,9 @@ def double_ranking(
             reweighted = evaluate_criterion(diversity_criterion, scores, refined, rng)
         else:
             reweighted = evaluate_criterion(diversity_criterion, refined_scores(refined), np.arange(len(refined)), rng)
-        chosen.append(refined[top_rank(reweighted, int(t_c[c]))])
+        if selection == "top":
+            picked = top_rank(reweighted, int(t_c[c]))
+        else:
+            picked = stochastic_top(reweighted, int(t_c[c]), rng, mode=selection, beta=beta, temperature=temperature)
+        chosen.append(refined[picked])
     return np.concatenate(chosen).astype(np.intp)

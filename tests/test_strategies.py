@@ -12,7 +12,8 @@ def make_scores(n=60, d=8, seed=0, **overrides):
     fields = dict(
         entropy=rng.random(n) * np.log(2), margin=rng.random(n), least_confidence=rng.random(n) / 2,
         descriptors=(centres[np.arange(n) % 3] + rng.normal(0, 1, (n, d))).astype(np.float32),
-        extras={"disagreement": rng.random(n)},
+        # Every third patch without foreground, for the foreground-aware random baseline.
+        extras={"disagreement": rng.random(n), "foreground_fraction": np.where(np.arange(n) % 3 == 0, 0.0, rng.random(n))},
     )
     fields.update(overrides)
     return PoolScores(**fields)

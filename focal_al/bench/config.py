@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -221,16 +222,126 @@ def preset_config(name: str, **overrides: Any) -> BenchConfig:
     return BenchConfig(preset=name, **PRESETS[name]).replace(**overrides)
 
 
-def resolve_strategy(name: str) -> BenchStrategy:
-    """The bench strategy for a Table 1 key, number or registry name; else the registry strategy itself.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+# Characters kept as they are in a key (a run folder's name); any other is %-escaped.
+_KEY_SAFE = "-_.+"
 
-    Any strategy registered by a plugin can be benchmarked by its registry name.
+
+def parse_value(text: str):
+    """A strategy parameter from the command line: int, float, bool (true/false), None (none) or str.
+
+    ``"5"`` -> 5, ``"0.5"`` / ``"1e-3"`` -> float, ``"true"`` / ``"false"`` -> bool and ``"none"``
+    -> None (any case), anything else (a criterion name) -> the string itself.
     """
-    if name in TABLE1:
-        return TABLE1[name]
-    if name in ALIASES:
-        return TABLE1[ALIASES[name]]
-    from focal_al.registry import get_strategy
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    return text
 
-    get_strategy(name)  # raises with close matches when unknown
-    return BenchStrategy(name, name, name)
+
+def _format_value(value) -> str:
+    from urllib.parse import quote
+
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    return quote(repr(value) if isinstance(value, float) else str(value), safe=_KEY_SAFE)
+
+
+def split_top_level(text: str, *, sep: str = ",") -> list[str]:
+    """Split ``text`` on ``sep`` outside parentheses: ``"a(k=1,b=2),c"`` -> ``["a(k=1,b=2)", "c"]``.
+
+    Items are stripped and empty ones dropped; unbalanced parentheses raise ``ValueError``.
+    """
+    items, depth, current = [], 0, []
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"Unbalanced parentheses in {text!r}: a ')' closes nothing.")
+        if char == sep and depth == 0:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth:
+        raise ValueError(f"Unbalanced parentheses in {text!r}: a '(' is never closed.")
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_strategy_spec(spec: str) -> tuple[str, dict]:
+    """Split ``"name(key=value,...)"`` into the name and its parameters (values by :func:`parse_value`).
+
+    A plain ``"name"`` (or ``"name()"``) has no parameters.
+    """
+    text = spec.strip()
+    if "(" not in text and ")" not in text:
+        return text, {}
+    match = re.fullmatch(r"([^()]+)\((.*)\)", text)
+    if match is None:
+        raise ValueError(
+            f"Strategy {spec!r} must read name(key=value,...), e.g. 'focannot(k=5,uncertainty=iu)'."
+        )
+    name, params = match.group(1).strip(), {}
+    for item in split_top_level(match.group(2)):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key.isidentifier() or not value or "(" in value or ")" in value:
+            raise ValueError(
+                f"Strategy {spec!r}: parameter {item!r} must read key=value (a Python name, '=', a value without "
+                "parentheses), e.g. 'k=5'."
+            )
+        if key in params:
+            raise ValueError(f"Strategy {spec!r} gives the parameter {key!r} twice.")
+        params[key] = parse_value(value)
+    return name, params
+
+
+def resolve_strategy(name: str) -> BenchStrategy:
+    """The bench strategy for a Table 1 key, number or registry name, with optional parameters.
+
+    ``name`` is a Table 1 key (``7-focannot``), its number (``7``), a registry name (``focannot``,
+    or any strategy a plugin registered), optionally followed by parameters of the strategy's
+    selector: ``focannot(uncertainty=my-criterion,k=5)``. Values are parsed by
+    :func:`parse_value`; criteria are named by their registry names. The parameters are checked
+    against the selector's signature and the registry
+    (:func:`focal_al.registry.check_strategy_params`) here, so a misspelt parameter or an unknown
+    criterion is refused (``ValueError``) before anything runs.
+
+    The key of a strategy with parameters (its run folders are ``runs/<key>-seed<seed>``) is the
+    canonical form ``<base>(<key>=<value>,...)``: ``<base>`` is the Table 1 key when the name is a
+    Table 1 key, number or its registry name (``7-focannot``), else the registry name; parameters
+    sorted by name; values written back in a canonical form (``5``, ``0.5``, ``true``, ``none``,
+    strings as given) with any character outside letters, digits and ``-_.+`` %-escaped, so the
+    key is a safe file name and the same spec always gets the same key
+    (``focannot(uncertainty=my-criterion,k=5)`` -> ``7-focannot(k=5,uncertainty=my-criterion)``).
+    """
+    from focal_al.registry import check_strategy_params, get_strategy
+
+    base_name, params = parse_strategy_spec(name)
+    if base_name in TABLE1:
+        base = TABLE1[base_name]
+    elif base_name in ALIASES:
+        base = TABLE1[ALIASES[base_name]]
+    else:
+        get_strategy(base_name)  # raises with close matches when unknown
+        base = BenchStrategy(base_name, base_name, base_name)
+    if not params:
+        return base
+    try:
+        check_strategy_params(base.strategy, params)
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"Strategy {name!r}: {err}") from err
+    canonical = ",".join(f"{key}={_format_value(params[key])}" for key in sorted(params))
+    shown = ", ".join(f"{key}={params[key]}" for key in sorted(params))
+    return dataclasses.replace(base, key=f"{base.key}({canonical})", label=f"{base.label} ({shown})",
+                               params={**base.params, **params})
