@@ -288,32 +288,15 @@ def read_label_mask(path, shape) -> np.ndarray:
     AnnotationError
         For several channels, a non-integer dtype, values outside [0, 65535] or another size.
     """
-    from focal_al.datasets import _read_array
+    from focal_al.datasets import read_label_image
 
     path = Path(path)
     try:
-        array = _read_array(path, palette_to_rgb=False)
+        array = read_label_image(path, error=AnnotationError)
+    except AnnotationError:
+        raise
     except (OSError, ValueError) as exc:
         raise AnnotationError(f"Mask file '{path}' cannot be read as an image ({exc}).") from exc
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim != 2:
-        raise AnnotationError(
-            f"Mask file '{path}' has shape {array.shape}; expected a single-channel (H, W) label "
-            f"image (0 = background, positive = gland)."
-        )
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    if array.dtype.kind not in "iu":
-        raise AnnotationError(
-            f"Mask file '{path}' has dtype {array.dtype}; expected integer labels "
-            f"(0 = background, 1..65535 = gland or instance id)."
-        )
-    if array.size and (array.min() < 0 or array.max() > 65535):
-        raise AnnotationError(
-            f"Mask file '{path}' has label values out of range [{array.min()}, {array.max()}]; "
-            f"expected 0 (background) to 65535 (instance ids)."
-        )
     if array.shape != tuple(shape):
         raise AnnotationError(
             f"Mask file '{path}' is {array.shape[1]} x {array.shape[0]} pixels (W x H) but its image "

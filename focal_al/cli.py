@@ -84,7 +84,9 @@ def _csv(kind):
 @click.option("--scoring", type=click.Choice(["patches", "images"]),
               help="patches: score every candidate patch exactly (default); images: pool patch scores "
                    "from whole-image maps (faster, approximate).")
-@click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
+@click.option("--threads", type=int,
+              help="torch CPU threads of this process (default: half the CPU cores, at least 1: two threads "
+                   "per process thrash on a busy 2-core machine; recorded with every round).")
 @click.option("--width", type=int, help="Network width w (descriptor dimension 8w).")
 @click.option("--depth", type=int, help="Network depth (number of 2x2 poolings; patch sides must be multiples of 2**depth).")
 @click.option("--lr", type=float, help="Adam learning rate.")
@@ -117,6 +119,10 @@ def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, **opt
     from focal_al.bench.runner import run_bench, run_grid
 
     try:
+        if threads is None:
+            import os
+
+            threads = max(1, (os.cpu_count() or 2) // 2)
         config = preset_config(preset, out_dir=out_dir or f"bench-out/{preset}", threads=threads, **options).validate()
         if config.threads is not None:
             import torch

@@ -215,27 +215,38 @@ def _read_image(path):
     return np.ascontiguousarray(array)
 
 
-def _read_mask(path, *, label_binary):
+def read_label_image(path, *, error=ValueError):
+    """A mask file as an ``(H, W)`` array of non-negative integer labels, checked.
+
+    Single-channel 8- or 16-bit (or boolean) label images; anything else raises ``error`` with a
+    message naming the file, what was found and what was expected. Shared by the dataset loaders
+    and the annotation import.
+    """
     array = _read_array(path, palette_to_rgb=False)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim != 2:
-        raise ValueError(
+        raise error(
             f"Mask file '{path}' has shape {array.shape}; expected a single-channel (H, W) label "
-            f"image (8- or 16-bit instance ids)."
+            f"image (8- or 16-bit instance ids, 0 = background)."
         )
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if array.dtype.kind not in "iu":
-        raise ValueError(
+        raise error(
             f"Mask file '{path}' has non-integer dtype {array.dtype}; expected an 8- or 16-bit "
             f"label image of instance ids (0 = background)."
         )
-    if array.size and array.min() < 0:
-        raise ValueError(
-            f"Mask file '{path}' has negative values (min {array.min()}); expected instance ids "
-            f">= 0 (0 = background)."
+    if array.size and (array.min() < 0 or array.max() > 65535):
+        raise error(
+            f"Mask file '{path}' has label values in [{array.min()}, {array.max()}]; expected instance ids "
+            f"from 0 (background) to 65535."
         )
+    return array
+
+
+def _read_mask(path, *, label_binary):
+    array = read_label_image(path)
     values = np.unique(array)
     if len(values) <= 2 and set(values.tolist()) <= {0, 1, 255}:
         foreground = array > 0

@@ -21,8 +21,10 @@ __all__ = [
     "mean_sq_sorted_distance",
     "mean_sorted_distance",
     "kmeans",
+    "fit_centres",
     "nearest_centroid",
     "member_means",
+    "assign_clusters",
     "allocate_quotas",
     "cluster_importance",
     "evaluate_criterion",
@@ -349,8 +351,20 @@ def kmeans(descriptors, k: int, *, rng: np.random.Generator, n_init: int = 3, ba
     Returns
     -------
     labels : ndarray of int of shape (n,)
-        Cluster of each row, in ``0 .. k-1``.
+        Cluster of each row, in ``0 .. k-1`` (its nearest fitted centre).
     centroids : ndarray of shape (k, d)
+        The means of each cluster's members (:func:`member_means`), the centroids of Eqs. 6-7.
+    """
+    x = np.asarray(descriptors)
+    return assign_clusters(x, fit_centres(x, k, rng=rng, n_init=n_init, batch_size=batch_size))
+
+
+def fit_centres(descriptors, k: int, *, rng: np.random.Generator, n_init: int = 3, batch_size: int = 4096):
+    """MiniBatchKMeans centres of the descriptors, seeded from ``rng`` (see :func:`kmeans`).
+
+    Returns
+    -------
+    ndarray of shape (k, d)
     """
     from sklearn.cluster import MiniBatchKMeans
 
@@ -365,7 +379,7 @@ def kmeans(descriptors, k: int, *, rng: np.random.Generator, n_init: int = 3, ba
             f"lower k or query from a larger pool."
         )
     if k == 1:
-        return np.zeros(len(x), dtype=np.intp), x.mean(axis=0, keepdims=True)
+        return x.mean(axis=0, keepdims=True)
     from threadpoolctl import threadpool_limits
 
     seed = int(rng.integers(2**31 - 1))
@@ -376,11 +390,25 @@ def kmeans(descriptors, k: int, *, rng: np.random.Generator, n_init: int = 3, ba
     # oversubscribed threads made the fit 10-20x slower (measured, benchmarks/bench_query.py).
     with threadpool_limits(limits=1):
         model.fit(x)
-    labels = nearest_centroid(x, model.cluster_centers_)
-    return labels, member_means(x, labels, model.cluster_centers_)
+    return model.cluster_centers_
 
 
-def member_means(x, labels, fallback) -> np.ndarray:
+def assign_clusters(x, centres, *, chunk: int = 65536):
+    """Labels by the nearest of ``centres``, and the member means of Eqs. 6-7 (as :func:`kmeans`).
+
+    For centres fitted elsewhere (streaming ``partial_fit``); ``x`` may be any row container
+    that slices (a memmap, a scores file's rows).
+
+    Returns
+    -------
+    labels : ndarray of int of shape (n,)
+    centroids : ndarray of shape (k, d)
+    """
+    labels = nearest_centroid(x, centres, chunk=chunk)
+    return labels, member_means(x, labels, centres, chunk=chunk)
+
+
+def member_means(x, labels, fallback, *, chunk: int = 65536) -> np.ndarray:
     """The mean of each cluster's members: the centroids of Eqs. 6-7 after the final assignment.
 
     MiniBatchKMeans's centres are running averages over mini-batches; with poorly separated
@@ -398,12 +426,13 @@ def member_means(x, labels, fallback) -> np.ndarray:
     -------
     ndarray of float64 of shape (k, d)
     """
+    fallback = np.asarray(fallback)
     k = len(fallback)
     counts = np.bincount(labels, minlength=k)
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    for start in range(0, len(x), 65536):  # chunked: no float64 copy of a pool of millions of rows
-        one_hot = labels[start:start + 65536][None, :] == np.arange(k)[:, None]
-        sums += one_hot.astype(np.float64) @ np.asarray(x[start:start + 65536], dtype=np.float64)
+    sums = np.zeros((k, fallback.shape[1]), dtype=np.float64)
+    for start in range(0, len(x), chunk):  # chunked: no float64 copy of a pool of millions of rows
+        one_hot = labels[start:start + chunk][None, :] == np.arange(k)[:, None]
+        sums += one_hot.astype(np.float64) @ np.asarray(x[start:start + chunk], dtype=np.float64)
     means = np.asarray(fallback, dtype=np.float64).copy()
     means[counts > 0] = sums[counts > 0] / counts[counts > 0, None]
     return means

@@ -23,7 +23,7 @@ import numpy as np
 
 from focal_al.scores import PoolScores
 from focal_al.scores_file import ScoresFile
-from focal_al.selection import check_n_instances, cluster_importance, double_ranking, nearest_centroid
+from focal_al.selection import assign_clusters, check_n_instances, cluster_importance, double_ranking
 
 __all__ = ["CandidateRows", "stream_kmeans", "streaming_focannot"]
 
@@ -206,7 +206,8 @@ def streaming_focannot(
                 f"The 'centroids' parameter must have shape (k, {scores.d}) with 1 <= k <= {len(candidates)}. "
                 f"Got shape {centroids.shape} instead."
             )
-    labels = nearest_centroid(rows, centroids, chunk=chunk_size)
+    # As the in-memory strategy: assign to the fitted centres, then CU and CD on the member means.
+    labels, centroids = assign_clusters(rows, centroids, chunk=chunk_size)
     importance = cluster_importance(
         rows, labels, centroids, lam=lam, uncertainty=cluster_uncertainty, diversity=cluster_diversity,
         normalize=normalize,

@@ -136,7 +136,7 @@ BATTERY = [
      ["'uncertainty'", "names a criterion"]),
     ("JPEG masks", _store_from_jpeg_masks, ValueError, ["lossless", "a.jpg"]),
     ("budget below the initial set", lambda t: run_bench(preset_config("quick", **{
-        **TINY_BENCH, "out_dir": str(t / "b"), "step": 0.05, "budget": 0.1}), quiet=True, with_full_supervision=False),
+        **TINY_BENCH, "out_dir": str(t / "b"), "step": 0.1, "budget": 0.15}), quiet=True, with_full_supervision=False),
      ValueError, ["initial labelled set", "--budget"]),
     ("more clusters than the pool", lambda t: run_bench(preset_config("quick", **{
         **TINY_BENCH, "out_dir": str(t / "b"), "clusters": 10_000, "strategies": ("7",)}), quiet=True,

@@ -3,6 +3,7 @@
 Everything runs on a tiny synthetic config (9 training images of 48 px, 16 px patches, a width-2
 network, 2 gradient steps per round) so that one run takes about a second.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -407,6 +408,7 @@ def test_whole_image_scoring_runs_the_protocol(tmp_path):
 def test_round_steps_grow_with_the_labelled_set_between_floor_and_cap(tmp_path):
     config = tiny(tmp_path, strategies=("random-patch",), epochs=1.0, train_steps=3, initial_train_steps=4,
                   max_train_steps=12, budget=0.5)
+    config = dataclasses.replace(config, full_supervision_epochs=None)  # the ceiling uses --epochs too
     run_bench(config, quiet=True)
     records = read_json(tmp_path / "runs" / "random-patch-seed0" / "rounds.json")
     expected = [min(12, max(4 if r["round"] == 0 else 3, -(-r["n_labelled"] // config.batch_size))) for r in records]
@@ -448,3 +450,16 @@ def test_large_images_start_from_random_patches_near_one_step(tmp_path):
     assert first["random-patch"] == first["1-image-iu"] == first["7-focannot"]
     image_rounds = read_json(tmp_path / "runs" / "1-image-iu-seed0" / "queries.json")[1:]
     assert all(q["level"] == "image" for q in image_rounds)
+
+
+def test_foreground_aware_random_reads_the_ground_truth_in_the_bench(tmp_path):
+    config = tiny(tmp_path, strategies=("random-foreground",), budget=0.2)
+    run_bench(config, quiet=True, with_full_supervision=False)
+    train, _ = load_data(config)
+    masks = dict(zip(train.names, train.masks))
+    queries = read_json(tmp_path / "runs" / "random-foreground-seed0" / "queries.json")
+    for q in queries[1:]:
+        with_fg = [i for i in q["items"] if (masks[i["image"]][i["y"]:i["y"] + 16, i["x"]:i["x"] + 16] > 0).any()]
+        assert len(with_fg) >= len(q["items"]) // 2  # at least the foreground share (0.5) of each query
+    report = (tmp_path / "report.md").read_text()
+    assert "oracle-assisted" in report

@@ -1,7 +1,6 @@
 """Strategies with parameters and criteria by name on the command line: 'focannot(uncertainty=...,k=5)'."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

@@ -16,7 +16,7 @@ from focal_al.estimator import SegmentationNet
 from focal_al.registry import get_strategy
 from focal_al.scores import PoolScores
 from focal_al.scores_file import ScoresFile, write_scores
-from focal_al.selection import kmeans
+from focal_al.selection import fit_centres, kmeans
 from focal_al.store import PatchStore
 from focal_al.streaming import CandidateRows, stream_kmeans, streaming_focannot
 
@@ -142,7 +142,7 @@ def test_streaming_equals_in_memory_given_centroids(tmp_path):
                         descriptors=rng.normal(size=(3000, 8)).astype(np.float32))
     f = write_scores(tmp_path / "s.h5", scores)
     candidates = np.setdiff1d(np.arange(3000), rng.choice(3000, 300, replace=False))
-    _, centroids = kmeans(scores.descriptors[candidates], 4, rng=np.random.default_rng(0))
+    centroids = fit_centres(scores.descriptors[candidates], 4, rng=np.random.default_rng(0))
     expected = get_strategy("focannot")(scores, 75, candidates, np.random.default_rng(0), k=4)
     picked = streaming_focannot(f, 75, candidates=candidates, k=4, centroids=centroids, chunk_size=500,
                                 random_state=0)

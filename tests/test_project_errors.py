@@ -76,7 +76,7 @@ def test_mask_values_out_of_range(project, tmp_path):
     values[0, 0] = -2
     tifffile.imwrite(tmp_path / "masks" / f"{region.image}.tif", values)
     before = snapshot(project)
-    with pytest.raises(AnnotationError, match=r"label values out of range \[-2, 0\]") as err:
+    with pytest.raises(AnnotationError, match=r"label values in \[-2, 0\]") as err:
         project.import_masks(tmp_path / "masks")
     assert f"{region.image}.tif" in str(err.value)
     assert snapshot(project) == before

@@ -45,6 +45,7 @@ TABLE1 = {
     for s in (
         BenchStrategy("random-image", "Random images", "random-image"),
         BenchStrategy("random-patch", "Random patches", "random-patch"),
+        BenchStrategy("random-foreground", "Random patches, foreground-aware (oracle-assisted)", "random-foreground"),
         BenchStrategy("1-image-iu", "1 Image IU", "image-iu"),
         BenchStrategy("2-sa-fcn", "2 SA (FCN)", "sa", network="fcn"),
         BenchStrategy("3-sa", "3 SA (ED-ConvNet)", "sa"),
@@ -191,7 +192,8 @@ class BenchConfig:
 
 PRESETS: dict[str, dict] = {
     # The built-in synthetic data and a small network, two seeds: about 5 minutes on 2 CPU cores.
-    "quick": dict(n_images=32, seeds=(0, 1), epochs=4.0, train_steps=40, initial_train_steps=120, max_train_steps=120),
+    "quick": dict(n_images=32, seeds=(0, 1), budget=0.2, epochs=4.0, train_steps=40, initial_train_steps=100,
+                  max_train_steps=100, full_supervision_epochs=16.0),
     # GlaS at half resolution, sized so that one strategy with one seed takes about 15 minutes on 2 cores.
     # Each round: 4 passes over the labelled patches, 250 to 500 steps, warm-up + cosine.
     "glas-cpu": dict(

@@ -38,6 +38,8 @@ PROTOCOL_FIELDS = (
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
     "epochs", "max_train_steps", "lr_schedule", "warm_start",
 )
+#: Strategies that read the ground truth (``extras["foreground_fraction"]``): oracle-assisted baselines.
+ORACLE_STRATEGIES = ("random-foreground",)
 #: Test hook: ``FOCAL_AL_BENCH_KILL_AT=<point>:<round>`` SIGKILLs the process at a named point.
 KILL_ENV = "FOCAL_AL_BENCH_KILL_AT"
 KILL_POINTS = ("trained", "evaluated", "weights-saved", "state-saved")
@@ -400,20 +402,35 @@ def make_learner(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     """
     from focal_al.learner import PatchActiveLearner
     from focal_al.registry import query_strategy, strategy_info
+    from focal_al.scores import PoolScores
 
     level = strategy_info(spec.strategy).kind
     store, train = data.store, data.train
+    image_index, coords = np.asarray(store.image_index), store.coords
+
+    def sa_ensemble(learner, images, rows):
+        return _sa_scores(config, learner.estimator, store, learner.train_rows_, [images[int(i)] for i in rows],
+                          seed, round_of())
+
+    def from_image_maps(learner, patches, rows):
+        return learner.estimator.score_pool_from_images(train.images, image_index[rows], coords[rows], store.patch_size)
+
+    def with_ground_truth(learner, patches, rows):
+        # The simulated annotator lends its ground truth (oracle-assisted baselines only): the
+        # share of foreground pixels of each patch, padding included as the store holds it.
+        scores = learner.estimator.score_pool(patches[rows])
+        labels = store.labels
+        fraction = np.array([float(np.mean(np.asarray(labels[i]) == 1)) for i in rows])
+        return PoolScores(entropy=scores.entropy, margin=scores.margin, least_confidence=scores.least_confidence,
+                          descriptors=scores.descriptors, extras={**scores.extras, "foreground_fraction": fraction})
+
     scorer = None
     if level == "image" and spec.strategy == "sa":
-        def scorer(learner, images, rows):
-            return _sa_scores(config, learner.estimator, store, learner.train_rows_, [images[int(i)] for i in rows],
-                              seed, round_of())
+        scorer = sa_ensemble
+    elif level == "patch" and spec.strategy in ORACLE_STRATEGIES:
+        scorer = with_ground_truth
     elif level == "patch" and config.scoring == "images":
-        image_index, coords = np.asarray(store.image_index), store.coords
-
-        def scorer(learner, patches, rows):
-            return learner.estimator.score_pool_from_images(train.images, image_index[rows], coords[rows],
-                                                            store.patch_size)
+        scorer = from_image_maps
     return PatchActiveLearner(net, query_strategy(spec.strategy, **_strategy_params(config, spec)), store=store,
                               level=level, scorer=scorer, warm_start=config.warm_start)
 
