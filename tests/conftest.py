@@ -33,3 +33,17 @@ def glas_bmp_dir(data_dir):
     if not (path / "train_1.bmp").is_file():
         pytest.skip(f"GlaS BMP sample not found in {path}")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests run torch on one intra-op thread (subprocesses get ``OMP_NUM_THREADS=1`` where they
+    start): tiny tensors gain nothing from threads, and on a busy 2-core machine two OpenMP
+    threads made a tiny fit 100x slower. The in-process and subprocess runs of the resume tests
+    then also sum in the same order."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

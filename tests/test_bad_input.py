@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -29,14 +28,6 @@ TINY_BENCH = dict(
     n_images=8, image_size=48, patch_size=16, overlap=0.5, depth=2, width=2, train_steps=1,
     initial_train_steps=1, batch_size=4, step=0.1, budget=0.3, clusters=2, sa_ensemble=2, seeds=(0,),
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_net(**kw):

@@ -31,18 +31,6 @@ TINY_CLI = [
 TIMING_KEYS = ("train_seconds", "query_seconds", "eval_seconds")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread, here and in the subprocesses: fast on a shared 2-core machine, and the
-    killed subprocess and the in-process reference sum in the same order."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(out_dir, **overrides) -> BenchConfig:
     return preset_config("quick", **{**TINY, "out_dir": str(out_dir), **overrides})
 

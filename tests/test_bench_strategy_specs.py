@@ -17,15 +17,6 @@ TINY_CLI = [
 
 
 @pytest.fixture
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def test_criterion():
     calls = []
@@ -76,7 +67,7 @@ def test_resolve_strategy_keys_and_validation(test_criterion):
         resolve_strategy("focannot(uncertainty=test-cli-criterio)")
 
 
-def test_cli_bench_runs_a_registered_criterion_by_name(tmp_path, one_torch_thread, test_criterion):
+def test_cli_bench_runs_a_registered_criterion_by_name(tmp_path, test_criterion):
     out = tmp_path / "bench"
     args = ["bench", "--out-dir", str(out), *TINY_CLI, "--no-full-supervision", "--seeds", "0", "--budget", "0.2",
             "--strategies", "focannot(uncertainty=test-cli-criterion,k=2),random-patch"]

@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from focal_al.datasets import make_synthetic
 from focal_al.distributed import (
@@ -19,15 +18,6 @@ from focal_al.scores_file import ScoresFile, write_scores
 from focal_al.selection import fit_centres, kmeans
 from focal_al.store import PatchStore
 from focal_al.streaming import CandidateRows, stream_kmeans, streaming_focannot
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from threads; on a shared 2-core machine they thrash.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

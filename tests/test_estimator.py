@@ -13,15 +13,6 @@ from focal_al.nets import FCN
 from focal_al.scores import PoolScores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core machine two OpenMP threads made
-    # a tiny fit 100x slower (5 s instead of 0.03 s).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 TINY = dict(module__width=2, module__depth=2, batch_size=4, max_epochs=1)
 
 

@@ -5,16 +5,6 @@ import torch
 from focal_al.nets import FCN, EDConvNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core machine two OpenMP threads made
-    # a tiny fit 100x slower (5 s instead of 0.03 s).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("cls", [EDConvNet, FCN])
 @pytest.mark.parametrize("depth", [2, 4])
 def test_forward_shapes(cls, depth):

@@ -5,7 +5,6 @@ import shutil
 import geojson
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -17,7 +16,6 @@ from focal_al.project import AnnotationProject, _downsample_labels
 from focal_al.store import PatchStore
 
 # Two threads per process thrash on this shared 2-core machine (a 3-step fit took 6 s instead of 0.1 s).
-torch.set_num_threads(1)
 
 TINY = ["--patch-size", "16", "--overlap", "0.5", "--scale", "0.5", "--width", "4", "--depth", "2",
         "--train-steps", "3", "--batch-size", "4", "--clusters", "2"]

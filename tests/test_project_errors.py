@@ -5,7 +5,6 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -14,7 +13,6 @@ from focal_al.cli import main
 from focal_al.datasets import make_synthetic
 from focal_al.project import AnnotationProject, ImageChangedError, ProjectError
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

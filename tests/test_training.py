@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from focal_al.estimator import SegmentationNet
 from focal_al.training import learning_rate, steps_for
@@ -34,7 +33,6 @@ class Recording(SegmentationNet):
 
 @pytest.mark.parametrize("fit", ["fit", "partial_fit"])
 def test_every_fit_call_runs_the_whole_schedule(fit):
-    torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, (24, 3, 8, 8), dtype=np.uint8)
     y = rng.integers(0, 2, (24, 8, 8), dtype=np.uint8)
