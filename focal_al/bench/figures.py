@@ -69,7 +69,7 @@ def _style(strategy: str) -> dict:
             "marker": _MARKERS[code % len(_MARKERS)]}
 
 
-def _plot_mean_band(ax, c, *, style, label, floor: float | None = None) -> None:
+def _plot_mean_band(ax, c, *, style, label, floor: float | None = None, ceiling: float | None = None) -> None:
     """Mean over seeds where every seed is defined, with a 95 % confidence band (two or more seeds).
 
     The band is the t-interval of the mean over seeds, clipped at ``floor`` for quantities that
@@ -87,7 +87,8 @@ def _plot_mean_band(ax, c, *, style, label, floor: float | None = None) -> None:
     if n >= 2:
         half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
         low = mean - half if floor is None else np.maximum(mean - half, floor)
-        ax.fill_between(x, low, mean + half, color=style["color"], alpha=0.15, linewidth=0)
+        high = mean + half if ceiling is None else np.minimum(mean + half, ceiling)
+        ax.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0)
 
 
 def plot_learning_curves(
@@ -127,13 +128,22 @@ def plot_learning_curves(
         raise ValueError("plot_learning_curves: no records to plot.")
     fig = _figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
+    means = []
     for strategy, label in _labels(records).items():
-        _plot_mean_band(ax, curve(records, strategy, metric=metric), style=_style(strategy), label=label)
+        c = curve(records, strategy, metric=metric)
+        means.extend(c.mean[c.complete].tolist())
+        _plot_mean_band(ax, c, style=_style(strategy), label=label, floor=0.0, ceiling=1.0)
     name = METRIC_NAMES.get(metric, metric)
     if full_supervision and full_supervision.get(metric) is not None:
         value = float(full_supervision[metric])
+        means.append(value)
         ax.axhline(value, color="tab:green", linestyle="-.", linewidth=1.2,
                    label=f"full supervision ({value:.3f})")
+    if means:
+        # The axis follows the curves; a wide band of few seeds is cut at the frame, not the reverse.
+        low, high = min(means), max(means)
+        pad = max(0.02, 0.1 * (high - low))
+        ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) if high <= 1.0 else high + pad)
     n_seeds = sorted({len(by_seed) for by_seed in _runs(records).values()})
     seeds_text = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
     ax.set_xlabel("annotation cost (% of training pixels revealed)")

@@ -709,12 +709,16 @@ def write_report(
     config = _read_optional_json(out_dir / "config.json")
     full_supervision = _read_optional_json(out_dir / "full_supervision.json")
     write_records(out_dir, records)
+    # Only the budgets some run reached: a column no run can fill says nothing.
+    reached = max(r["cost"] for r in records) + 1e-9
+    budgets = [b for b in budgets if b <= reached] or [min(budgets)]
     rows = summarize(records, full_supervision=full_supervision, budgets=budgets)
     atomic_write_json(out_dir / "summary.json", _json_safe(rows))
     from focal_al.bench.stats import curve_noise, paired_comparison
 
-    comparison = paired_comparison(records)
-    noise = curve_noise(records)
+    paired_budgets = [b for b in (0.1, 0.2, 0.3) if b <= reached] or [min(budgets)]
+    comparison = paired_comparison(records, budgets=paired_budgets)
+    noise = curve_noise(records, budgets=paired_budgets)
     atomic_write_json(out_dir / "comparison.json", _json_safe({"paired": comparison, "noise": noise}))
 
     figure_dir = out_dir / "figures"
