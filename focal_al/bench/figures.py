@@ -205,8 +205,12 @@ def draw_queries(
     rounds: Iterable[int] | None = None,
     mask: np.ndarray | None = None,
     title: str | None = None,
+    round_range: tuple[int, int] | None = None,
 ) -> Path:
-    """Fig. 6: an image with the rectangles of its queried patches, coloured by query round.
+    """Fig. 6: an image with the area its queried patches revealed, coloured by query round.
+
+    Overlapping patches (rho = 0.5) make rectangles unreadable, so the revealed area is drawn
+    instead: each pixel tinted by the round that first revealed it, the union outlined.
 
     Parameters
     ----------
@@ -224,6 +228,9 @@ def draw_queries(
         Instance or class mask; the outlines of its foreground are drawn in blue, as in the paper.
     title : str, optional
         Figure title.
+    round_range : (int, int), optional
+        The rounds the colour scale spans, so that several figures share one scale (default: the
+        rounds drawn).
 
     Returns
     -------
@@ -258,32 +265,35 @@ def draw_queries(
 
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from matplotlib.patches import Rectangle
 
     h, w = image.shape[:2]
     fig = _figure(figsize=(7.0, 7.0 * h / w + 0.6))
     ax = fig.subplots()
     ax.imshow(image)
+    first = np.full((h, w), np.inf)
+    for item in sorted(items, key=lambda i: i["round"]):
+        if item["size"] is None:
+            region = (slice(0, h), slice(0, w))
+        else:
+            y, x, size = int(item["y"]), int(item["x"]), int(item["size"])
+            region = (slice(max(y, 0), max(y + size, 0)), slice(max(x, 0), max(x + size, 0)))
+        first[region] = np.minimum(first[region], item["round"])
+    drawn_rounds = sorted({item["round"] for item in items})
+    if drawn_rounds:
+        lo, hi = round_range or (drawn_rounds[0], drawn_rounds[-1])
+        norm = Normalize(vmin=lo, vmax=max(hi, lo + 1))
+        cmap = _cmap("viridis")
+        revealed = np.isfinite(first)
+        ax.imshow(np.ma.masked_where(~revealed, first), cmap=cmap, norm=norm, alpha=0.45, interpolation="nearest")
+        ax.contour(revealed, levels=[0.5], colors="black", linewidths=1.2)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.02)
+        bar.set_label("round that revealed the pixel")
     if mask is not None:
         ax.contour(np.asarray(mask) > 0, levels=[0.5], colors="tab:blue", linewidths=1.0)
-    drawn_rounds = sorted({item["round"] for item in items})
-    # One round: the paper's plain red; several: a colour per round with a colour bar to read it.
-    cmap = _cmap("autumn")
-    norm = Normalize(vmin=drawn_rounds[0], vmax=max(drawn_rounds[-1], drawn_rounds[0] + 1)) if items else None
-    for item in items:
-        color = "red" if len(drawn_rounds) == 1 else cmap(norm(item["round"]))
-        if item["size"] is None:
-            y, x, height, width = 0, 0, h, w
-        else:
-            y, x, height, width = item["y"], item["x"], item["size"], item["size"]
-        ax.add_patch(Rectangle((x - 0.5, y - 0.5), width, height, fill=False, edgecolor=color, linewidth=1.5))
-    if len(drawn_rounds) > 1:
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.02)
-        bar.set_label("query round")
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
-    ax.set_title(title or f"{len(items)} queried patch(es)")
+    ax.set_title(title or f"{len(items)} queried patch(es)", fontsize=10)
     return _save(fig, path)
 
 

@@ -734,26 +734,36 @@ def write_report(
     path = fig.plot_cluster_criteria(records, figure_dir / "cluster-criteria.png")
     if path is not None:
         figures["Fig. 5: mean cluster uncertainty and cluster diversity per round"] = path
+    for stale in figure_dir.glob("queries-*.png"):  # the images drawn may change as runs are added
+        stale.unlink()
     if query_images:
         queries = load_queries(out_dir)
+        labels = {r["strategy"]: r["label"] for r in rows}
+        # The lowest seed of every patch-level strategy, on the same images for every strategy:
+        # the images the strategies queried most patches from, all together.
+        chosen = {}
         for (strategy, seed), rounds in sorted(queries.items()):
-            if seed != min(s for st, s in queries if st == strategy):
-                continue
-            items = [
-                {**item, "round": q["round"]} for q in rounds if q["level"] == "patch" for item in q["items"]
-            ]
-            counts: dict[str, int] = {}
+            if seed == min(s for st, s in queries if st == strategy):
+                chosen[strategy] = (seed, [{**item, "round": q["round"]} for q in rounds if q["round"] > 0 and q["level"] == "patch"
+                                           for item in q["items"] if item["image"] in query_images])
+        counts: dict[str, int] = {}
+        for _, items in chosen.values():
             for item in items:
-                if item["image"] in query_images:
-                    counts[item["image"]] = counts.get(item["image"], 0) + 1
-            for name in sorted(counts, key=lambda n: (-counts[n], n))[:n_query_images]:
+                counts[item["image"]] = counts.get(item["image"], 0) + 1
+        names = sorted(counts, key=lambda n: (-counts[n], n))[:n_query_images]
+        last_round = max((item["round"] for _, items in chosen.values() for item in items), default=1)
+        for strategy, (seed, items) in chosen.items():
+            if not items:
+                continue
+            for name in names:
+                label = labels.get(strategy, strategy)
                 path = fig.draw_queries(
                     query_images[name], [i for i in items if i["image"] == name],
                     figure_dir / f"queries-{_safe_name(strategy)}-seed{seed}-{_safe_name(name)}.png",
                     mask=None if query_masks is None else query_masks.get(name),
-                    title=f"{strategy} (seed {seed}): patches queried in {name}",
+                    title=f"{label} (seed {seed}): area queried in {name}", round_range=(1, last_round),
                 )
-                figures[f"Fig. 6: {strategy}, seed {seed}, patches queried in {name}"] = path
+                figures[f"Fig. 6: {label}, seed {seed}, area queried in {name} (blue: ground truth)"] = path
 
     text = render_report(
         rows, config=config, full_supervision=full_supervision,

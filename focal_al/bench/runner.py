@@ -699,7 +699,8 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
         run_strategy(config, spec, seed, data, out_dir, resume=resume, report=run_report)
         durations.append(time.perf_counter() - start)
     report(f"{len(runs)} runs in {(time.perf_counter() - started) / 60:.1f} min")
-    path = write_report(out_dir, query_images=dict(zip(data.train.names, data.train.images)))
+    path = write_report(out_dir, query_images=dict(zip(data.train.names, data.train.images)),
+                        query_masks=dict(zip(data.train.names, data.train.masks)))
     report(f"Report: {path}")
     return path
 
