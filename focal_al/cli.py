@@ -99,6 +99,9 @@ def _csv(kind):
 @click.option("--epochs", type=float,
               help="Passes over the labelled patches per round (steps grow with the labelled set).")
 @click.option("--max-train-steps", type=int, help="Cap on the gradient steps of one round (with --epochs).")
+@click.option("--tta", is_flag=True, default=None,
+              help="Score every patch under the 8 dihedral views too (8x scoring time), for the 'tta' criterion, "
+                   "e.g. --strategies 'iu(uncertainty=tta)'.")
 @click.option("--full-supervision-epochs", type=float,
               help="Passes over every training patch for the full-supervision ceiling (default: --epochs).")
 @click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]),

@@ -70,6 +70,13 @@ def _dihedral(t: torch.Tensor, k: int) -> torch.Tensor:
     return torch.flip(t, dims=(-1,)) if k >= 4 else t
 
 
+def _dihedral_inverse(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Undo :func:`_dihedral` ``k`` (maps predicted on a transformed input back to its frame)."""
+    if k >= 4:
+        t = torch.flip(t, dims=(-1,))
+    return torch.rot90(t, -(k % 4), dims=(-2, -1))
+
+
 def _window_sums(maps: torch.Tensor, y0, x0, y1, x1) -> torch.Tensor:
     """Sums of ``maps`` ``(K, H, W)`` over windows ``[y0, y1) x [x0, x1)``: ``(K, n_windows)``."""
     table = F.pad(maps, (1, 0, 1, 0)).cumsum(dim=1).cumsum(dim=2)
@@ -130,6 +137,12 @@ class SegmentationNet(NeuralNet):
         (``focal_al.training.learning_rate``). ``"constant"``: ``lr`` throughout.
     lr_warmup : float, default=0.05
     lr_final : float, default=0.01
+    score_tta : bool, default=False
+        ``score_pool`` also runs every patch under the dihedral transforms used for augmentation
+        (8 for square patches, 4 otherwise), maps the probabilities back, and returns
+        ``extras["tta_disagreement"]``: the per-pixel variance of the class probabilities over
+        the views, summed over classes and averaged over pixels (test-time augmentation
+        disagreement, an epistemic uncertainty; criterion ``"tta"``). Scoring then costs 8x.
     random_state : int, numpy Generator or None, default=None
         Seeds the weight initialisation, the batch order and the augmentation. With an int, the
         same calls give the same weights and predictions on CPU. Global RNG state is not touched.
@@ -187,6 +200,7 @@ class SegmentationNet(NeuralNet):
         lr_schedule="cosine",
         lr_warmup=0.05,
         lr_final=0.01,
+        score_tta=False,
         random_state=None,
         device="auto",
         mixed_precision=True,
@@ -219,6 +233,7 @@ class SegmentationNet(NeuralNet):
         self.lr_schedule = lr_schedule
         self.lr_warmup = lr_warmup
         self.lr_final = lr_final
+        self.score_tta = score_tta
         self.random_state = random_state
         self.mixed_precision = mixed_precision
 
@@ -713,6 +728,7 @@ class SegmentationNet(NeuralNet):
         margin = np.empty(n, dtype=np.float32)
         least = np.empty(n, dtype=np.float32)
         descriptors = None
+        tta = np.empty(n, dtype=np.float32) if self.score_tta else None
         start = 0
         self.module_.eval()
         with torch.inference_mode():
@@ -721,6 +737,8 @@ class SegmentationNet(NeuralNet):
                     logits, desc = self.module_(xb)
                 proba = torch.softmax(logits.float(), dim=1)
                 stop = start + len(xb)
+                if tta is not None:
+                    tta[start:stop] = self._tta_disagreement(xb, proba).cpu().numpy()
                 h, m, lc = self._uncertainty(proba)
                 entropy[start:stop] = h.cpu().numpy()
                 margin[start:stop] = m.cpu().numpy()
@@ -729,7 +747,27 @@ class SegmentationNet(NeuralNet):
                     descriptors = np.empty((n, desc.shape[1]), dtype=np.float32)
                 descriptors[start:stop] = desc.float().cpu().numpy()
                 start = stop
-        return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors)
+        extras = {} if tta is None else {"tta_disagreement": tta}
+        return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors,
+                          extras=extras)
+
+    def _tta_disagreement(self, xb: torch.Tensor, proba: torch.Tensor) -> torch.Tensor:
+        """Per-sample variance of the probabilities over the dihedral views, summed over classes."""
+        views = range(8) if xb.shape[-1] == xb.shape[-2] else (0, 2, 4, 6)
+        mean = torch.zeros_like(proba)
+        square = torch.zeros_like(proba)
+        for k in views:
+            if k == 0:
+                p = proba
+            else:
+                with self._autocast():
+                    logits, _ = self.module_(_dihedral(xb, k))
+                p = _dihedral_inverse(torch.softmax(logits.float(), dim=1), k)
+            mean += p
+            square += p * p
+        n_views = len(views)
+        variance = (square / n_views - (mean / n_views) ** 2).clamp_(min=0.0)
+        return variance.sum(dim=1).mean(dim=(1, 2))
 
     # ------------------------------------------------------------------ whole images
 

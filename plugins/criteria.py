@@ -49,6 +49,17 @@ def disagreement(scores, candidates, rng):
     return np.asarray(scores.extras["disagreement"], dtype=np.float64)[candidates]
 
 
+@register_criterion("tta")
+def tta_disagreement(scores, candidates, rng):
+    """Test-time augmentation disagreement over the dihedral views (epistemic; SegmentationNet(score_tta=True))."""
+    if "tta_disagreement" not in scores.extras:
+        raise KeyError(
+            "Criterion 'tta' reads scores.extras['tta_disagreement'], which SegmentationNet(score_tta=True) "
+            f"returns (focal-al bench --tta); these PoolScores have extras {sorted(scores.extras)}."
+        )
+    return np.asarray(scores.extras["tta_disagreement"], dtype=np.float64)[candidates]
+
+
 @register_criterion("id")
 def instance_diversity(scores, candidates, rng):
     """IU reweighted by instance diversity (Eqs. 3-5): H_n times mean W_{n,q} over the other candidates."""

@@ -451,3 +451,16 @@ def test_foreground_aware_random_reads_the_ground_truth_in_the_bench(tmp_path):
         assert len(with_fg) >= len(q["items"]) // 2  # at least the foreground share (0.5) of each query
     report = (tmp_path / "report.md").read_text()
     assert "oracle-assisted" in report
+
+
+def test_tta_criterion_composed_on_the_command_line(tmp_path):
+    args = ["bench", "--out-dir", str(tmp_path / "o"), *TINY_CLI, "--tta", "--strategies", "iu(uncertainty=tta)",
+            "--seeds", "0", "--budget", "0.2", "--no-full-supervision"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    config = read_json(tmp_path / "o" / "config.json")
+    assert config["tta"] is True
+    (run,) = (tmp_path / "o" / "runs").iterdir()
+    assert "uncertainty=tta" in run.name and len(read_json(run / "rounds.json")) >= 2
+    result = CliRunner().invoke(main, [a for a in args if a != "--tta"] + ["--resume"])
+    assert result.exit_code != 0 and "protocol differs in ['tta']" in result.output

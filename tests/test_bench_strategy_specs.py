@@ -17,7 +17,6 @@ TINY_CLI = [
 
 
 @pytest.fixture
-@pytest.fixture
 def test_criterion():
     calls = []
 

@@ -12,6 +12,8 @@ def make_scores(n=10, d=8, seed=0, **overrides):
         entropy=rng.random(n) * np.log(2), margin=rng.random(n), least_confidence=rng.random(n) / 2,
         descriptors=rng.standard_normal((n, d)), extras={"disagreement": rng.random(n)},
     )
+    # Drawn last, so the arrays above keep their values.
+    fields["extras"]["tta_disagreement"] = rng.random(n) / 4
     fields.update(overrides)
     return PoolScores(**fields)
 
@@ -61,6 +63,8 @@ def test_disagreement_missing_extra():
     scores = make_scores(extras={})
     with pytest.raises(KeyError, match="extras\\['disagreement'\\]"):
         get_criterion("disagreement")(scores, np.arange(3), np.random.default_rng(0))
+    with pytest.raises(KeyError, match=r"extras\['tta_disagreement'\].*score_tta=True"):
+        get_criterion("tta")(scores, np.arange(3), np.random.default_rng(0))
 
 
 def test_id_by_hand():

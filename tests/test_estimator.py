@@ -376,3 +376,25 @@ def test_pickle_round_trip_keeps_auto_device(fitted):
     twin = pickle.loads(pickle.dumps(net))
     assert twin.device == "auto" and twin.device_ == net.device_
     np.testing.assert_array_equal(twin.predict_proba(X), net.predict_proba(X))
+
+
+def test_tta_disagreement_scores_view_dependence():
+    from focal_al.estimator import _dihedral, _dihedral_inverse
+
+    t = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    for k in range(8):
+        assert torch.equal(_dihedral_inverse(_dihedral(t, k), k), t)
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8)
+    y = rng.integers(0, 2, (6, 8, 8), dtype=np.uint8)
+    net = SegmentationNet(module__width=2, module__depth=1, max_epochs=1, batch_size=3, score_tta=True,
+                          random_state=0).fit(X, y)
+    scores = net.score_pool(X)
+    tta = scores.extras["tta_disagreement"]
+    assert tta.shape == (6,) and np.all(tta >= 0) and np.all(np.isfinite(tta)) and tta.max() > 0
+    # A patch invariant under every view gets (almost) no disagreement.
+    flat = np.full((1, 3, 8, 8), 128, dtype=np.uint8)
+    assert net.score_pool(flat).extras["tta_disagreement"][0] < 1e-6
+    plain = SegmentationNet(module__width=2, module__depth=1, max_epochs=1, batch_size=3, random_state=0).fit(X, y)
+    np.testing.assert_allclose(plain.score_pool(X).entropy, scores.entropy, rtol=1e-6)
+    assert "tta_disagreement" not in plain.score_pool(X).extras

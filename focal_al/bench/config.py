@@ -111,6 +111,7 @@ class BenchConfig:
     lr_schedule: str = "cosine"
     warm_start: bool = True
     full_supervision_epochs: float | None = None
+    tta: bool = False
     batch_size: int = 16
     lr: float = 1e-3
     sa_ensemble: int = 4

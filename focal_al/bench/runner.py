@@ -13,6 +13,7 @@ and the strategy from ``(seed, round)``, and the weights and the optimizer's sta
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ PROTOCOL_FIELDS = (
     "dataset", "data_dir", "split", "images_dir", "masks_dir", "test_fraction", "n_images", "image_size",
     "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
-    "epochs", "max_train_steps", "lr_schedule", "warm_start",
+    "epochs", "max_train_steps", "lr_schedule", "warm_start", "tta",
 )
 #: Strategies that read the ground truth (``extras["foreground_fraction"]``): oracle-assisted baselines.
 ORACLE_STRATEGIES = ("random-foreground",)
@@ -187,6 +188,7 @@ def make_net(config: BenchConfig, network: str, seed: int):
         batch_size=config.batch_size,
         max_epochs=1,
         warm_start=config.warm_start,
+        score_tta=config.tta,
         random_state=seed,
         device=config.device,
         **steps,
@@ -389,9 +391,12 @@ def _existing_state(config: BenchConfig, spec: BenchStrategy, seed: int, out_dir
             f"{run_dir} already holds results of {spec.key} seed {seed}. Pass --resume to continue it, "
             f"or choose another --out-dir; nothing was overwritten."
         )
-    if state is not None and state["protocol"] != protocol:
-        changed = sorted(k for k in protocol if state["protocol"].get(k) != protocol[k])
-        raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.")
+    if state is not None:
+        # A field added to the protocol after the run started reads as its default value.
+        defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
+        changed = sorted(k for k in protocol if state["protocol"].get(k, defaults.get(k)) != protocol[k])
+        if changed:
+            raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.")
     return state
 
 
