@@ -27,6 +27,7 @@ from focal_al.store import PatchStore
 TINY_BENCH = dict(
     n_images=8, image_size=48, patch_size=16, overlap=0.5, depth=2, width=2, train_steps=1,
     initial_train_steps=1, batch_size=4, step=0.1, budget=0.3, clusters=2, sa_ensemble=2, seeds=(0,),
+    max_train_steps=2, full_supervision_epochs=1.0,
 )
 
 
@@ -250,7 +251,7 @@ def test_bench_checks_what_a_strategy_returns(tmp_path, bad_strategy, mode, erro
 def test_clustered_strategies_run_to_the_end_of_the_pool(tmp_path, strategy):
     # The reproduction: 4 images of 72 px, patches of 32 without overlap, budget 100 %.
     args = ["bench", "--n-images", "4", "--image-size", "72", "--patch-size", "32", "--overlap", "0", "--width", "4",
-            "--depth", "2", "--train-steps", "1", "--initial-train-steps", "1", "--budget", "1.0", "--strategies",
+            "--depth", "2", "--train-steps", "1", "--initial-train-steps", "1", "--max-train-steps", "2", "--budget", "1.0", "--strategies",
             strategy, "--seeds", "0", "--threads", "1", "--no-full-supervision", "--quiet", "--out-dir",
             str(tmp_path / "out")]
     result = CliRunner().invoke(main, args)
@@ -311,7 +312,7 @@ def test_cli_reads_folders_with_a_mask_suffix_and_says_what_it_read(tmp_path):
         Image.fromarray(((mask > 0) * 255).astype(np.uint8)).save(folder / f"{name}_label.png")
     args = ["bench", "--dataset", "folder", "--images-dir", str(folder), "--masks-dir", str(folder),
             "--mask-suffix", "_label", "--test-fraction", "0.34", "--patch-size", "16", "--width", "2",
-            "--train-steps", "1", "--initial-train-steps", "1", "--step", "0.1", "--budget", "0.4",
+            "--train-steps", "1", "--initial-train-steps", "1", "--max-train-steps", "2", "--step", "0.1", "--budget", "0.4",
             "--strategies", "random-patch", "--seeds", "0", "--no-full-supervision", "--out-dir", str(tmp_path / "o")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + repr(result.exception)

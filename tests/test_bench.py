@@ -21,12 +21,13 @@ from focal_al.cli import main
 TINY = dict(
     n_images=11, image_size=48, patch_size=16, overlap=0.5, depth=2, width=2, train_steps=2,
     initial_train_steps=2, batch_size=4, step=0.1, budget=0.3, clusters=2, sa_ensemble=2, seeds=(0,),
+    max_train_steps=4, full_supervision_epochs=1.0,
 )
 #: The same config as CLI options (``--depth`` / ``--sa-ensemble`` are not CLI options; defaults apply).
 TINY_CLI = [
     "--n-images", "11", "--image-size", "48", "--patch-size", "16", "--overlap", "0.5", "--width", "2",
     "--train-steps", "2", "--initial-train-steps", "2", "--batch-size", "4", "--step", "0.1",
-    "--budget", "0.3", "--clusters", "2", "--quiet",
+    "--budget", "0.3", "--clusters", "2", "--max-train-steps", "4", "--full-supervision-epochs", "1", "--quiet",
 ]
 TIMING_KEYS = ("train_seconds", "query_seconds", "eval_seconds")
 

@@ -12,7 +12,7 @@ from focal_al.cli import main
 TINY_CLI = [
     "--n-images", "11", "--image-size", "48", "--patch-size", "16", "--overlap", "0.5", "--width", "2",
     "--train-steps", "2", "--initial-train-steps", "2", "--batch-size", "4", "--step", "0.1",
-    "--budget", "0.3", "--clusters", "2", "--quiet",
+    "--budget", "0.3", "--clusters", "2", "--max-train-steps", "4", "--full-supervision-epochs", "1", "--quiet",
 ]
 
 
