@@ -102,6 +102,10 @@ def _csv(kind):
 @click.option("--tta", is_flag=True, default=None,
               help="Score every patch under the 8 dihedral views too (8x scoring time), for the 'tta' criterion, "
                    "e.g. --strategies 'iu(uncertainty=tta)'.")
+@click.option("--dropout", type=float, help="Channel dropout on the ED-ConvNet's bottleneck (default 0: none).")
+@click.option("--mc-samples", type=int,
+              help="MC-dropout passes per patch when scoring (needs --dropout > 0), for the 'bald' criterion, "
+                   "e.g. --strategies 'iu(uncertainty=bald)'.")
 @click.option("--full-supervision-epochs", type=float,
               help="Passes over every training patch for the full-supervision ceiling (default: --epochs).")
 @click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]),

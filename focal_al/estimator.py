@@ -143,6 +143,13 @@ class SegmentationNet(NeuralNet):
         ``extras["tta_disagreement"]``: the per-pixel variance of the class probabilities over
         the views, summed over classes and averaged over pixels (test-time augmentation
         disagreement, an epistemic uncertainty; criterion ``"tta"``). Scoring then costs 8x.
+    mc_samples : int, default=0
+        If > 0, ``score_pool`` also samples that many predictions with the module's dropout on
+        (MC dropout; needs ``module__dropout > 0``) and returns ``extras["bald"]``: the mutual
+        information between prediction and weights, ``H(mean_t p) - mean_t H(p)`` per pixel,
+        averaged over pixels (BALD, Houlsby et al. 2011; Gal et al. 2017; criterion ``"bald"``).
+        The dropout masks are seeded from each batch's content, so scores are reproducible and do
+        not touch any random stream.
     random_state : int, numpy Generator or None, default=None
         Seeds the weight initialisation, the batch order and the augmentation. With an int, the
         same calls give the same weights and predictions on CPU. Global RNG state is not touched.
@@ -201,6 +208,7 @@ class SegmentationNet(NeuralNet):
         lr_warmup=0.05,
         lr_final=0.01,
         score_tta=False,
+        mc_samples=0,
         random_state=None,
         device="auto",
         mixed_precision=True,
@@ -234,6 +242,7 @@ class SegmentationNet(NeuralNet):
         self.lr_warmup = lr_warmup
         self.lr_final = lr_final
         self.score_tta = score_tta
+        self.mc_samples = mc_samples
         self.random_state = random_state
         self.mixed_precision = mixed_precision
 
@@ -729,6 +738,8 @@ class SegmentationNet(NeuralNet):
         least = np.empty(n, dtype=np.float32)
         descriptors = None
         tta = np.empty(n, dtype=np.float32) if self.score_tta else None
+        bald = np.empty(n, dtype=np.float32) if self.mc_samples else None
+        dropouts = self._dropout_layers() if self.mc_samples else []
         start = 0
         self.module_.eval()
         with torch.inference_mode():
@@ -739,6 +750,8 @@ class SegmentationNet(NeuralNet):
                 stop = start + len(xb)
                 if tta is not None:
                     tta[start:stop] = self._tta_disagreement(xb, proba).cpu().numpy()
+                if bald is not None:
+                    bald[start:stop] = self._bald(xb, dropouts).cpu().numpy()
                 h, m, lc = self._uncertainty(proba)
                 entropy[start:stop] = h.cpu().numpy()
                 margin[start:stop] = m.cpu().numpy()
@@ -748,8 +761,47 @@ class SegmentationNet(NeuralNet):
                 descriptors[start:stop] = desc.float().cpu().numpy()
                 start = stop
         extras = {} if tta is None else {"tta_disagreement": tta}
+        if bald is not None:
+            extras["bald"] = bald
         return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors,
                           extras=extras)
+
+    def _dropout_layers(self) -> list:
+        layers = [m for m in self.module_.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+        if isinstance(self.mc_samples, bool) or not isinstance(self.mc_samples, (int, np.integer)) or self.mc_samples < 2:
+            raise ValueError(f"'mc_samples' must be 0 or an int >= 2. Got {self.mc_samples!r} instead.")
+        if not layers:
+            raise ValueError(
+                f"mc_samples={self.mc_samples} needs dropout in the module, and {type(self.module_).__name__} has "
+                "none active: pass module__dropout=0.2 (for example) to SegmentationNet."
+            )
+        return layers
+
+    def _bald(self, xb: torch.Tensor, dropouts: list) -> torch.Tensor:
+        """Per-sample mean over pixels of H(mean_t p) - mean_t H(p) over MC-dropout passes."""
+        import zlib
+
+        seed = zlib.crc32(xb[:, :, ::4, ::4].cpu().numpy().tobytes())
+        mean = None
+        entropy = None
+        with torch.random.fork_rng(devices=[xb.device] if xb.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for layer in dropouts:
+                layer.train()
+            try:
+                for _ in range(int(self.mc_samples)):
+                    with self._autocast():
+                        logits, _ = self.module_(xb)
+                    p = torch.softmax(logits.float(), dim=1)
+                    h = torch.special.entr(p).sum(dim=1)
+                    mean = p if mean is None else mean + p
+                    entropy = h if entropy is None else entropy + h
+            finally:
+                for layer in dropouts:
+                    layer.eval()
+        t = float(self.mc_samples)
+        mutual = torch.special.entr(mean / t).sum(dim=1) - entropy / t
+        return mutual.clamp_(min=0.0).mean(dim=(1, 2))
 
     def _tta_disagreement(self, xb: torch.Tensor, proba: torch.Tensor) -> torch.Tensor:
         """Per-sample variance of the probabilities over the dihedral views, summed over classes."""

@@ -124,6 +124,10 @@ class EDConvNet(_SegmentationModule):
         (widths stop growing at 8w when ``depth`` > 4).
     depth : int, default=4
         Number of 2x2 max-pooling steps; input sides must be multiples of ``2**depth``.
+    dropout : float, default=0.0
+        Channel dropout (``Dropout2d``) on the bottleneck before the decoder, as in Bayesian
+        SegNet: with ``dropout > 0`` the estimator can sample predictions with dropout on (MC
+        dropout, ``SegmentationNet(mc_samples=T)``). 0 (default) adds nothing to the network.
 
     Attributes
     ----------
@@ -143,8 +147,12 @@ class EDConvNet(_SegmentationModule):
     channel-wise spatial mean of the bottleneck (the second "Block(512)" of Fig. 2 at w = 64).
     """
 
-    def __init__(self, in_channels: int = 3, n_classes: int = 2, width: int = 64, depth: int = 4):
+    def __init__(self, in_channels: int = 3, n_classes: int = 2, width: int = 64, depth: int = 4,
+                 dropout: float = 0.0):
         super().__init__(in_channels, n_classes, width, depth, "EDConvNet")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"Invalid arguments to EDConvNet: 'dropout' must be a float in [0, 1). Got {dropout!r} instead.")
+        self.dropout = nn.Dropout2d(float(dropout)) if dropout else nn.Identity()
         widths = self.encoder.widths
         decoder = []
         current = widths[-1]
@@ -160,7 +168,7 @@ class EDConvNet(_SegmentationModule):
         self._check_input(x)
         features = self.encoder(x)
         bottleneck = features[-1]
-        y = bottleneck
+        y = self.dropout(bottleneck)
         for block, skip in zip(self.decoder, reversed(features[:-1])):
             y = F.interpolate(y, size=skip.shape[2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([skip, y], dim=1))

@@ -60,6 +60,17 @@ def tta_disagreement(scores, candidates, rng):
     return np.asarray(scores.extras["tta_disagreement"], dtype=np.float64)[candidates]
 
 
+@register_criterion("bald")
+def bald(scores, candidates, rng):
+    """BALD: mutual information between prediction and weights over MC-dropout passes (SegmentationNet(mc_samples=T))."""
+    if "bald" not in scores.extras:
+        raise KeyError(
+            "Criterion 'bald' reads scores.extras['bald'], which SegmentationNet(mc_samples=T, module__dropout=p) "
+            f"returns (focal-al bench --mc-samples T --dropout p); these PoolScores have extras {sorted(scores.extras)}."
+        )
+    return np.asarray(scores.extras["bald"], dtype=np.float64)[candidates]
+
+
 @register_criterion("id")
 def instance_diversity(scores, candidates, rng):
     """IU reweighted by instance diversity (Eqs. 3-5): H_n times mean W_{n,q} over the other candidates."""

@@ -465,3 +465,14 @@ def test_tta_criterion_composed_on_the_command_line(tmp_path):
     assert "uncertainty=tta" in run.name and len(read_json(run / "rounds.json")) >= 2
     result = CliRunner().invoke(main, [a for a in args if a != "--tta"] + ["--resume"])
     assert result.exit_code != 0 and "protocol differs in ['tta']" in result.output
+
+
+def test_bald_criterion_with_mc_dropout_in_the_bench(tmp_path):
+    args = ["bench", "--out-dir", str(tmp_path / "o"), *TINY_CLI, "--dropout", "0.2", "--mc-samples", "3",
+            "--strategies", "focannot(uncertainty=bald)", "--seeds", "0", "--budget", "0.2", "--no-full-supervision"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    (run,) = (tmp_path / "o" / "runs").iterdir()
+    assert "uncertainty=bald" in run.name and len(read_json(run / "rounds.json")) >= 2
+    bad = CliRunner().invoke(main, ["bench", "--out-dir", str(tmp_path / "p"), *TINY_CLI, "--mc-samples", "3"])
+    assert bad.exit_code != 0 and "mc_samples" in bad.output and "dropout" in bad.output

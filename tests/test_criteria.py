@@ -14,6 +14,7 @@ def make_scores(n=10, d=8, seed=0, **overrides):
     )
     # Drawn last, so the arrays above keep their values.
     fields["extras"]["tta_disagreement"] = rng.random(n) / 4
+    fields["extras"]["bald"] = rng.random(n) / 8
     fields.update(overrides)
     return PoolScores(**fields)
 
@@ -65,6 +66,8 @@ def test_disagreement_missing_extra():
         get_criterion("disagreement")(scores, np.arange(3), np.random.default_rng(0))
     with pytest.raises(KeyError, match=r"extras\['tta_disagreement'\].*score_tta=True"):
         get_criterion("tta")(scores, np.arange(3), np.random.default_rng(0))
+    with pytest.raises(KeyError, match=r"extras\['bald'\].*mc_samples=T"):
+        get_criterion("bald")(scores, np.arange(3), np.random.default_rng(0))
 
 
 def test_id_by_hand():

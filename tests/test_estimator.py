@@ -398,3 +398,23 @@ def test_tta_disagreement_scores_view_dependence():
     plain = SegmentationNet(module__width=2, module__depth=1, max_epochs=1, batch_size=3, random_state=0).fit(X, y)
     np.testing.assert_allclose(plain.score_pool(X).entropy, scores.entropy, rtol=1e-6)
     assert "tta_disagreement" not in plain.score_pool(X).extras
+
+
+def test_mc_dropout_bald_is_reproducible_and_needs_dropout():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8)
+    y = rng.integers(0, 2, (6, 8, 8), dtype=np.uint8)
+    net = SegmentationNet(module__width=2, module__depth=1, module__dropout=0.5, max_epochs=1, batch_size=3,
+                          mc_samples=4, random_state=0).fit(X, y)
+    state = torch.random.get_rng_state()
+    first = net.score_pool(X).extras["bald"]
+    assert torch.equal(state, torch.random.get_rng_state())  # the global stream is untouched
+    np.testing.assert_array_equal(first, net.score_pool(X).extras["bald"])
+    assert first.shape == (6,) and np.all(first >= 0) and first.max() > 0
+    assert not net.module_.training  # dropout is switched off again after sampling
+    with pytest.raises(ValueError, match="module__dropout"):
+        SegmentationNet(module__width=2, module__depth=1, max_epochs=1, mc_samples=4).fit(X, y).score_pool(X)
+    # Dropout 0 (the default) leaves the network as it was: same weights, same scores.
+    a = SegmentationNet(module__width=2, module__depth=1, max_epochs=1, random_state=0).fit(X, y)
+    b = SegmentationNet(module__width=2, module__depth=1, module__dropout=0.0, max_epochs=1, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(a.score_pool(X).entropy, b.score_pool(X).entropy)

@@ -112,6 +112,8 @@ class BenchConfig:
     warm_start: bool = True
     full_supervision_epochs: float | None = None
     tta: bool = False
+    dropout: float = 0.0
+    mc_samples: int = 0
     batch_size: int = 16
     lr: float = 1e-3
     sa_ensemble: int = 4
@@ -175,6 +177,9 @@ class BenchConfig:
         check(self.max_train_steps is None or self.max_train_steps >= max(self.train_steps, self.initial_train_steps),
               "max_train_steps", "None or at least train_steps and initial_train_steps")
         check(self.lr_schedule in ("cosine", "constant"), "lr_schedule", "'cosine' or 'constant'")
+        check(0 <= self.dropout < 1, "dropout", "in [0, 1)")
+        check(self.mc_samples == 0 or (self.mc_samples >= 2 and self.dropout > 0), "mc_samples",
+              "0, or at least 2 with dropout > 0 (MC dropout samples the network's dropout)")
         check(self.full_supervision_epochs is None or self.full_supervision_epochs > 0, "full_supervision_epochs",
               "positive (or None: --epochs)")
         check(self.batch_size >= 1, "batch_size", "at least 1")

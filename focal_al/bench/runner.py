@@ -37,7 +37,7 @@ PROTOCOL_FIELDS = (
     "dataset", "data_dir", "split", "images_dir", "masks_dir", "test_fraction", "n_images", "image_size",
     "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
-    "epochs", "max_train_steps", "lr_schedule", "warm_start", "tta",
+    "epochs", "max_train_steps", "lr_schedule", "warm_start", "tta", "dropout", "mc_samples",
 )
 #: Strategies that read the ground truth (``extras["foreground_fraction"]``): oracle-assisted baselines.
 ORACLE_STRATEGIES = ("random-foreground",)
@@ -179,6 +179,8 @@ def make_net(config: BenchConfig, network: str, seed: int):
     else:
         steps = dict(passes_per_epoch=config.epochs, min_steps_per_epoch=config.train_steps,
                      max_steps_per_epoch=config.max_train_steps)
+    if network == "ed-convnet" and config.dropout:
+        steps["module__dropout"] = config.dropout
     return SegmentationNet(
         module,
         module__width=config.width,
@@ -189,6 +191,7 @@ def make_net(config: BenchConfig, network: str, seed: int):
         max_epochs=1,
         warm_start=config.warm_start,
         score_tta=config.tta,
+        mc_samples=config.mc_samples if network == "ed-convnet" else 0,
         random_state=seed,
         device=config.device,
         **steps,
