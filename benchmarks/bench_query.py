@@ -23,7 +23,8 @@ tracing every allocation made the query 2-3x slower. The synthetic file is writt
 Part 4 (``--literature``, run on its own): the strategies from the literature at N = 1e4 and 1e5
 patches with d = 128 synthetic descriptors (the same three blobs) and T = 2.5 % N: ``coreset``
 (greedy k-center, O(T N d)), ``typiclust`` (k-means into min(T, 500) clusters, then typicality by
-nearest neighbours), ``stochastic`` (power sampling of IU) and ``random-foreground``, each end to
+nearest neighbours), ``stochastic`` (power sampling of IU), ``random-foreground`` and ``badge``
+(k-means++ seeding on 32-d synthetic gradient embeddings), each end to
 end through the registered strategy, with k-means and the typicality of TypiClust timed apart.
 
 Usage::
@@ -275,16 +276,22 @@ def bench_literature(sizes, d: int = 128, seed: int = 0) -> list[dict]:
 
     strategies = {
         "coreset": {}, "typiclust": {}, "stochastic": {"uncertainty": "iu", "mode": "power"},
-        "random-foreground": {"foreground_share": 0.5},
+        "random-foreground": {"foreground_share": 0.5}, "badge": {},
     }
+
+    def extras(n, fraction):
+        # BADGE's embeddings: C x F = 2 x 16 (ED-ConvNet at w = 16), synthetic.
+        return {"foreground_fraction": fraction,
+                "gradient_embedding": np.random.default_rng(seed).normal(size=(n, 32)).astype(np.float32)}
+
     # Warm-up: imports (scikit-learn) and first-call costs.
-    small = synthetic_scores(500, seed, d, extras={"foreground_fraction": np.random.default_rng(seed).random(500)})
+    small = synthetic_scores(500, seed, d, extras=extras(500, np.random.default_rng(seed).random(500)))
     for name, params in strategies.items():
         get_strategy(name)(small, 10, np.arange(500), np.random.default_rng(seed), **params)
     rows = []
     for n in sizes:
         fraction = np.where(np.random.default_rng(seed).random(n) < 0.3, 0.0, 0.5)
-        scores = synthetic_scores(n, seed, d, extras={"foreground_fraction": fraction})
+        scores = synthetic_scores(n, seed, d, extras=extras(n, fraction))
         t = max(1, round(0.025 * n))
         row = {"N": n, "d": d, "T": t}
         for name, params in strategies.items():

@@ -102,6 +102,8 @@ def _csv(kind):
 @click.option("--tta", is_flag=True, default=None,
               help="Score every patch under the 8 dihedral views too (8x scoring time), for the 'tta' criterion, "
                    "e.g. --strategies 'iu(uncertainty=tta)'.")
+@click.option("--gradients", is_flag=True, default=None,
+              help="Score gradient embeddings of the last layer too (for --strategies badge).")
 @click.option("--dropout", type=float, help="Channel dropout on the ED-ConvNet's bottleneck (default 0: none).")
 @click.option("--mc-samples", type=int,
               help="MC-dropout passes per patch when scoring (needs --dropout > 0), for the 'bald' criterion, "

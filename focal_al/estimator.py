@@ -143,6 +143,13 @@ class SegmentationNet(NeuralNet):
         ``extras["tta_disagreement"]``: the per-pixel variance of the class probabilities over
         the views, summed over classes and averaged over pixels (test-time augmentation
         disagreement, an epistemic uncertainty; criterion ``"tta"``). Scoring then costs 8x.
+    score_gradients : bool, default=False
+        ``score_pool`` also returns ``extras["gradient_embedding"]`` of shape ``(N, C * F)``: the
+        gradient of the cross-entropy with respect to the 1x1 head's weights under the network's
+        own most probable labels, ``(p - onehot(argmax p)) x f`` per pixel (``f`` the ``F``
+        features the head reads), averaged over the patch's pixels (BADGE's embedding, Ash et al.
+        2020, pooled over pixels; strategy ``"badge"``). Needs a module whose ``head`` is a 1x1
+        convolution (``EDConvNet``); costs one forward hook, no backward pass.
     mc_samples : int, default=0
         If > 0, ``score_pool`` also samples that many predictions with the module's dropout on
         (MC dropout; needs ``module__dropout > 0``) and returns ``extras["bald"]``: the mutual
@@ -208,6 +215,7 @@ class SegmentationNet(NeuralNet):
         lr_warmup=0.05,
         lr_final=0.01,
         score_tta=False,
+        score_gradients=False,
         mc_samples=0,
         random_state=None,
         device="auto",
@@ -242,6 +250,7 @@ class SegmentationNet(NeuralNet):
         self.lr_warmup = lr_warmup
         self.lr_final = lr_final
         self.score_tta = score_tta
+        self.score_gradients = score_gradients
         self.mc_samples = mc_samples
         self.random_state = random_state
         self.mixed_precision = mixed_precision
@@ -736,18 +745,51 @@ class SegmentationNet(NeuralNet):
         entropy = np.empty(n, dtype=np.float32)
         margin = np.empty(n, dtype=np.float32)
         least = np.empty(n, dtype=np.float32)
-        descriptors = None
         tta = np.empty(n, dtype=np.float32) if self.score_tta else None
         bald = np.empty(n, dtype=np.float32) if self.mc_samples else None
         dropouts = self._dropout_layers() if self.mc_samples else []
-        start = 0
+        head_input, hook, out = [], None, {}
+        if self.score_gradients:
+            head = getattr(self.module_, "head", None)
+            if not isinstance(head, torch.nn.Conv2d) or head.kernel_size != (1, 1):
+                raise ValueError(
+                    f"score_gradients=True needs a module whose 'head' is a 1x1 Conv2d (EDConvNet); "
+                    f"{type(self.module_).__name__} has {type(head).__name__ if head is not None else 'no head'}."
+                )
+            hook = head.register_forward_hook(lambda module, args, output: head_input.append(args[0]))
         self.module_.eval()
+        try:
+            self._score_batches(batches, n, entropy, margin, least, tta, bald, dropouts, head_input, out)
+        finally:
+            if hook is not None:
+                hook.remove()
+        descriptors, gradients = out.get("descriptors"), out.get("gradients")
+        extras = {} if tta is None else {"tta_disagreement": tta}
+        if bald is not None:
+            extras["bald"] = bald
+        if gradients is not None:
+            extras["gradient_embedding"] = gradients
+        return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors,
+                          extras=extras)
+
+    def _score_batches(self, batches, n, entropy, margin, least, tta, bald, dropouts, head_input, out) -> None:
+        """The one pass of :meth:`score_pool`: fills its arrays (and ``out``) batch by batch."""
+        start = 0
         with torch.inference_mode():
             for xb in batches:
+                head_input.clear()
                 with self._autocast():
                     logits, desc = self.module_(xb)
                 proba = torch.softmax(logits.float(), dim=1)
                 stop = start + len(xb)
+                if head_input:
+                    # d CE / d W_head under the predicted labels: (p - onehot) f, mean over pixels.
+                    features = head_input[0].float()
+                    residual = proba - F.one_hot(proba.argmax(dim=1), proba.shape[1]).permute(0, 3, 1, 2).float()
+                    grad = torch.einsum("nchw,nfhw->ncf", residual, features) / (features.shape[2] * features.shape[3])
+                    if "gradients" not in out:
+                        out["gradients"] = np.empty((n, grad.shape[1] * grad.shape[2]), dtype=np.float32)
+                    out["gradients"][start:stop] = grad.reshape(len(xb), -1).cpu().numpy()
                 if tta is not None:
                     tta[start:stop] = self._tta_disagreement(xb, proba).cpu().numpy()
                 if bald is not None:
@@ -756,15 +798,10 @@ class SegmentationNet(NeuralNet):
                 entropy[start:stop] = h.cpu().numpy()
                 margin[start:stop] = m.cpu().numpy()
                 least[start:stop] = lc.cpu().numpy()
-                if descriptors is None:
-                    descriptors = np.empty((n, desc.shape[1]), dtype=np.float32)
-                descriptors[start:stop] = desc.float().cpu().numpy()
+                if "descriptors" not in out:
+                    out["descriptors"] = np.empty((n, desc.shape[1]), dtype=np.float32)
+                out["descriptors"][start:stop] = desc.float().cpu().numpy()
                 start = stop
-        extras = {} if tta is None else {"tta_disagreement": tta}
-        if bald is not None:
-            extras["bald"] = bald
-        return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors,
-                          extras=extras)
 
     def _dropout_layers(self) -> list:
         layers = [m for m in self.module_.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]

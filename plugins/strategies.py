@@ -271,6 +271,39 @@ def _typicality_order(x, members, n_neighbors):
     return members[np.lexsort((members, mean_distance))]
 
 
+@register_strategy("badge", level="patch")
+def badge(scores, n_instances, candidates, rng):
+    """BADGE: k-means++ seeding on per-patch gradient embeddings (uncertain and diverse at once).
+
+    Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient Lower Bounds", ICLR
+    2020. The embedding is the gradient of the loss with respect to the last layer under the
+    network's own labels, pooled over the patch's pixels: ``scores.extras["gradient_embedding"]``
+    of shape (n_samples, e), which ``SegmentationNet(score_gradients=True)`` returns (``focal-al
+    bench --gradients``). Its norm grows with uncertainty; k-means++ seeding (scikit-learn's
+    ``kmeans_plusplus``, seeded from ``rng``) picks T far-apart embeddings with probability
+    proportional to the squared distance to those already picked.
+    """
+    from sklearn.cluster import kmeans_plusplus
+    from threadpoolctl import threadpool_limits
+
+    n, candidates = _prepare(scores, n_instances, candidates)
+    if "gradient_embedding" not in scores.extras:
+        raise KeyError(
+            "Strategy 'badge' reads scores.extras['gradient_embedding'], which SegmentationNet(score_gradients=True) "
+            f"returns (focal-al bench --gradients); these PoolScores have extras {sorted(scores.extras)}."
+        )
+    x = np.asarray(scores.extras["gradient_embedding"], dtype=np.float64)[candidates]
+    if n == len(candidates):
+        return np.sort(candidates)
+    with threadpool_limits(limits=1):
+        _, picked = kmeans_plusplus(x, n_clusters=n, random_state=int(rng.integers(2**31 - 1)), n_local_trials=1)
+    picked = np.unique(picked)
+    if len(picked) < n:  # identical embeddings can be drawn twice: top up at random
+        rest = np.setdiff1d(np.arange(len(candidates)), picked)
+        picked = np.concatenate([picked, rng.choice(rest, size=n - len(picked), replace=False)])
+    return candidates[picked].astype(np.intp)
+
+
 @register_strategy("typiclust", level="patch")
 def typiclust(scores, n_instances, candidates, rng, *, n_neighbors=20, max_clusters=500):
     """TypiClust: k-means into T clusters, then the most typical patch of each cluster.

@@ -476,3 +476,12 @@ def test_bald_criterion_with_mc_dropout_in_the_bench(tmp_path):
     assert "uncertainty=bald" in run.name and len(read_json(run / "rounds.json")) >= 2
     bad = CliRunner().invoke(main, ["bench", "--out-dir", str(tmp_path / "p"), *TINY_CLI, "--mc-samples", "3"])
     assert bad.exit_code != 0 and "mc_samples" in bad.output and "dropout" in bad.output
+
+
+def test_badge_runs_with_gradient_embeddings_and_is_refused_without(tmp_path):
+    base = ["bench", *TINY_CLI, "--strategies", "badge", "--seeds", "0", "--budget", "0.2", "--no-full-supervision"]
+    refused = CliRunner().invoke(main, [*base, "--out-dir", str(tmp_path / "p")])
+    assert refused.exit_code != 0 and "--gradients" in refused.output and not (tmp_path / "p" / "runs").exists()
+    result = CliRunner().invoke(main, [*base, "--gradients", "--out-dir", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert len(read_json(tmp_path / "o" / "runs" / "badge-seed0" / "rounds.json")) >= 2

@@ -418,3 +418,24 @@ def test_mc_dropout_bald_is_reproducible_and_needs_dropout():
     a = SegmentationNet(module__width=2, module__depth=1, max_epochs=1, random_state=0).fit(X, y)
     b = SegmentationNet(module__width=2, module__depth=1, module__dropout=0.0, max_epochs=1, random_state=0).fit(X, y)
     np.testing.assert_array_equal(a.score_pool(X).entropy, b.score_pool(X).entropy)
+
+
+def test_gradient_embedding_is_the_head_gradient_under_predicted_labels():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+    y = rng.integers(0, 2, (4, 8, 8), dtype=np.uint8)
+    net = SegmentationNet(module__width=2, module__depth=1, max_epochs=1, batch_size=4, score_gradients=True,
+                          random_state=0).fit(X, y)
+    emb = net.score_pool(X).extras["gradient_embedding"]
+    assert emb.shape == (4, 2 * 2)  # C = 2 classes x F = 2 features read by the head
+    # Autograd reference for patch 0: d mean-CE(logits, argmax) / d head.weight.
+    x = torch.as_tensor(X[:1]).float() / 255
+    net.module_.eval()
+    logits, _ = net.module_(x)
+    target = logits.argmax(dim=1)
+    net.module_.zero_grad()
+    torch.nn.functional.cross_entropy(logits, target).backward()
+    np.testing.assert_allclose(emb[0], net.module_.head.weight.grad.reshape(-1).numpy(), rtol=1e-4, atol=1e-6)
+    net.module_.head = torch.nn.Conv2d(2, 2, 3, padding=1)  # not a 1x1 head: no closed-form embedding
+    with pytest.raises(ValueError, match="1x1 Conv2d"):
+        net.score_pool(X)

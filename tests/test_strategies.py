@@ -15,6 +15,8 @@ def make_scores(n=60, d=8, seed=0, **overrides):
         # Every third patch without foreground, for the foreground-aware random baseline.
         extras={"disagreement": rng.random(n), "foreground_fraction": np.where(np.arange(n) % 3 == 0, 0.0, rng.random(n))},
     )
+    # BADGE's gradient embeddings, drawn last so the arrays above keep their values.
+    fields["extras"]["gradient_embedding"] = rng.normal(0, 1, (n, 4)) * fields["entropy"][:, None]
     fields.update(overrides)
     return PoolScores(**fields)
 
@@ -133,3 +135,14 @@ def test_sa_by_hand():
 def test_image_iu_is_top_mean_entropy():
     scores = make_scores(n=9)
     np.testing.assert_array_equal(get_strategy("image-iu")(scores, 3, np.arange(9), None), np.argsort(-scores.entropy)[:3])
+
+
+def test_badge_picks_spread_out_embeddings_and_needs_them():
+    # Three tight groups of embeddings: k-means++ seeding takes one from each before a second from any.
+    emb = np.repeat(np.array([[10.0, 0.0], [0.0, 10.0], [-10.0, -10.0]]), 20, axis=0)
+    emb += np.random.default_rng(0).normal(0, 0.01, emb.shape)
+    scores = make_scores(n=60, extras={"gradient_embedding": emb})
+    picked = get_strategy("badge")(scores, 3, np.arange(60), np.random.default_rng(1))
+    assert sorted(i // 20 for i in picked) == [0, 1, 2]
+    with pytest.raises(KeyError, match=r"gradient_embedding.*score_gradients=True"):
+        get_strategy("badge")(make_scores(extras={}), 3, np.arange(60), np.random.default_rng(1))

@@ -112,6 +112,7 @@ class BenchConfig:
     warm_start: bool = True
     full_supervision_epochs: float | None = None
     tta: bool = False
+    gradients: bool = False
     dropout: float = 0.0
     mc_samples: int = 0
     batch_size: int = 16

@@ -37,7 +37,7 @@ PROTOCOL_FIELDS = (
     "dataset", "data_dir", "split", "images_dir", "masks_dir", "test_fraction", "n_images", "image_size",
     "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
-    "epochs", "max_train_steps", "lr_schedule", "warm_start", "tta", "dropout", "mc_samples",
+    "epochs", "max_train_steps", "lr_schedule", "warm_start", "tta", "dropout", "mc_samples", "gradients",
 )
 #: Strategies that read the ground truth (``extras["foreground_fraction"]``): oracle-assisted baselines.
 ORACLE_STRATEGIES = ("random-foreground",)
@@ -191,6 +191,7 @@ def make_net(config: BenchConfig, network: str, seed: int):
         max_epochs=1,
         warm_start=config.warm_start,
         score_tta=config.tta,
+        score_gradients=config.gradients,
         mc_samples=config.mc_samples if network == "ed-convnet" else 0,
         random_state=seed,
         device=config.device,
@@ -644,6 +645,14 @@ def check_protocol_fits(config: BenchConfig, data: BenchData, specs: list[BenchS
     if len(data.test) < 2:
         warnings.warn(f"The test set has {len(data.test)} image: every Dice is one image's score. Use a larger "
                       "--test-fraction or more images for curves worth comparing.", UserWarning, stacklevel=2)
+    # Criteria and strategies that read an extra array of the scoring pass, and the option that adds it.
+    needs = {"tta": ("tta", "--tta"), "bald": ("mc_samples", "--mc-samples T --dropout p"),
+             "badge": ("gradients", "--gradients")}
+    for spec in specs:
+        for name in (spec.strategy, *[v for v in spec.params.values() if isinstance(v, str)]):
+            if name in needs and not getattr(config, needs[name][0]):
+                raise ValueError(f"Strategy {spec.key} uses {name!r}, which reads an array the scoring pass adds only "
+                                 f"with {needs[name][1]}; add the option (it costs scoring time).")
     image_index = np.asarray(data.store.image_index)
     clustered = [s.key for s in specs if strategy_info(s.strategy).kind == "patch" and "k" in _strategy_params(config, s)]
     for seed in config.seeds:
