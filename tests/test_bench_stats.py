@@ -77,3 +77,12 @@ def test_a_ceiling_below_the_curves_is_flagged_not_used():
                          full_supervision={"dice": 0.7}, figures=None)
     assert "lies below the curves" in text and "Cost to 95 % FS" in text
     assert "not reached" not in text and "Targets: 95 %" not in text
+
+
+def test_unfinished_note_only_for_runs_short_of_the_budget():
+    done = run("random-patch", 0, BASE) + run("iu", 0, [0.5, 0.6, 0.7, 0.76, 0.81], costs=(0.025, 0.05, 0.1, 0.2, 0.31))
+    text = render_report(summarize(done), config={"budget": 0.3}, full_supervision=None, figures=None)
+    assert "Not at the 30 % budget" not in text and "some may be unfinished" not in text
+    short = done + run("iu-id", 0, BASE[:3], costs=(0.025, 0.05, 0.1))
+    text = render_report(summarize(short), config={"budget": 0.3}, full_supervision=None, figures=None)
+    assert "Not at the 30 % budget yet (unfinished, or the pool ran out): iu-id;" in text

@@ -390,6 +390,7 @@ def summarize(
                 "seeds": seeds,
                 "n_rounds": max(len(run) for run in by_seed.values()),
                 "final_cost": float(np.mean([by_seed[s][-1]["cost"] for s in seeds])),
+                "final_cost_min": float(min(by_seed[s][-1]["cost"] for s in seeds)),
                 "final_foreground_cost": _mean_or_none([by_seed[s][-1].get("foreground_cost") for s in seeds]),
                 "final_regions": _mean_or_none([by_seed[s][-1].get("n_regions") for s in seeds]),
                 "final_dice": final_dice,
@@ -629,7 +630,16 @@ def render_report(
         notes.append("Strategies were run with different seeds: " + "; ".join(
             f"{r['label']}: {r['seeds']}" for r in rows))
     finals = [r["final_cost"] for r in rows]
-    if rows and max(finals) - min(finals) > 1e-3:
+    budget = (config or {}).get("budget")
+    if rows and isinstance(budget, (int, float)):
+        # Runs stop at the first round at or past the budget: only those short of it are unfinished.
+        short = [r["label"] for r in rows if r.get("final_cost_min", r["final_cost"]) < budget - 1e-9]
+        if short:
+            notes.append(
+                f"Not at the {100 * budget:g} % budget yet (unfinished, or the pool ran out): {', '.join(short)}; "
+                "summaries use only the costs every run reached."
+            )
+    elif rows and max(finals) - min(finals) > 1e-3:
         notes.append(
             f"Runs end at different costs ({100 * min(finals):.1f}–{100 * max(finals):.1f} %): some may be "
             "unfinished; summaries use only the costs every run reached."
