@@ -38,37 +38,35 @@ def random_score(scores, candidates, rng):
     return rng.random(len(candidates))
 
 
+def _extra(scores, candidates, name: str, key: str, source: str) -> np.ndarray:
+    """The candidates' values of ``scores.extras[key]``; a clear error names ``source`` when absent."""
+    if key not in scores.extras:
+        raise KeyError(
+            f"Criterion {name!r} reads scores.extras[{key!r}], {source}; these PoolScores have extras "
+            f"{sorted(scores.extras)}."
+        )
+    return np.asarray(scores.extras[key], dtype=np.float64)[candidates]
+
+
 @register_criterion("disagreement")
 def disagreement(scores, candidates, rng):
     """Ensemble disagreement, read from ``scores.extras["disagreement"]`` (Suggestive Annotation)."""
-    if "disagreement" not in scores.extras:
-        raise KeyError(
-            "Criterion 'disagreement' reads scores.extras['disagreement'] (per-sample ensemble variance); "
-            f"these PoolScores have extras {sorted(scores.extras)}."
-        )
-    return np.asarray(scores.extras["disagreement"], dtype=np.float64)[candidates]
+    return _extra(scores, candidates, "disagreement", "disagreement",
+                  "the per-sample variance of Suggestive Annotation's ensemble")
 
 
 @register_criterion("tta")
 def tta_disagreement(scores, candidates, rng):
     """Test-time augmentation disagreement over the dihedral views (epistemic; SegmentationNet(score_tta=True))."""
-    if "tta_disagreement" not in scores.extras:
-        raise KeyError(
-            "Criterion 'tta' reads scores.extras['tta_disagreement'], which SegmentationNet(score_tta=True) "
-            f"returns (focal-al bench --tta); these PoolScores have extras {sorted(scores.extras)}."
-        )
-    return np.asarray(scores.extras["tta_disagreement"], dtype=np.float64)[candidates]
+    return _extra(scores, candidates, "tta", "tta_disagreement",
+                  "which SegmentationNet(score_tta=True) returns (focal-al bench --tta)")
 
 
 @register_criterion("bald")
 def bald(scores, candidates, rng):
     """BALD: mutual information between prediction and weights over MC-dropout passes (SegmentationNet(mc_samples=T))."""
-    if "bald" not in scores.extras:
-        raise KeyError(
-            "Criterion 'bald' reads scores.extras['bald'], which SegmentationNet(mc_samples=T, module__dropout=p) "
-            f"returns (focal-al bench --mc-samples T --dropout p); these PoolScores have extras {sorted(scores.extras)}."
-        )
-    return np.asarray(scores.extras["bald"], dtype=np.float64)[candidates]
+    return _extra(scores, candidates, "bald", "bald", "which SegmentationNet(mc_samples=T, module__dropout=p) "
+                  "returns (focal-al bench --mc-samples T --dropout p)")
 
 
 @register_criterion("id")
