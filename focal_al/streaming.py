@@ -198,6 +198,8 @@ def streaming_focannot(
     q = min(len(candidates), max(t, int(round(candidate_ratio * t))))
     rows = CandidateRows(scores, candidates)
     if centroids is None:
+        if isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > len(candidates):
+            k = len(candidates)  # as the in-memory strategies: each remaining candidate its own cluster
         centroids = stream_kmeans(rows, k, rng=rng, chunk_size=chunk_size, n_epochs=n_epochs)
     else:
         centroids = np.asarray(centroids)

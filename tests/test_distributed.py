@@ -188,3 +188,9 @@ def test_cli_score_on_a_scheduler_address(tmp_path, store, net, client):
     assert lines[0] == "index,image,y_level0,x_level0,side_level0" and len(lines) == 6
     np.testing.assert_allclose(ScoresFile(out).entropy, net.score_pool(store.patches, batch_size=8).entropy,
                                rtol=1e-6)
+
+
+def test_streaming_caps_k_at_the_candidates_like_the_in_memory_strategy(tmp_path):
+    f = write_scores(tmp_path / "s.h5", blobs(50))
+    picked = streaming_focannot(f, 2, candidates=[3, 7, 9], k=5, random_state=0)
+    assert len(set(picked.tolist())) == 2 and set(picked.tolist()) <= {3, 7, 9}
