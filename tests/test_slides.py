@@ -165,3 +165,23 @@ def test_cli_slides(tmp_path, slides):
     result = CliRunner().invoke(main, ["slides", str(slides[0]), "--out", str(tmp_path / "b.h5"),
                                        "--patch-size", "32", "--level", "7"])
     assert result.exit_code != 0 and "'level' parameter must be an int in [0, 2]" in result.output
+
+
+def test_slides_end_to_end_store_distributed_scoring_query(tmp_path, slides):
+    """A folder of slides through focal-al: store, scoring on a 2-worker LocalCluster, streaming query."""
+    from focal_al.distributed import connect, score_pool_distributed
+    from focal_al.estimator import SegmentationNet
+    from focal_al.streaming import streaming_focannot
+
+    store = load_slides(slides, tmp_path / "pool.h5", patch_size=64, overlap=0.5, level=1)
+    net = SegmentationNet(module__width=2, module__depth=2, batch_size=8, max_epochs=1, random_state=0)
+    # Any labels will do for scoring: the net only has to be trained (here on a dark-pixel rule).
+    net.fit(store.patches[:8], (store.patches[:8].mean(axis=1) < 150).astype(np.int64))
+    with connect(None, n_workers=2, threads_per_worker=1) as client:
+        scores = score_pool_distributed(net, store, tmp_path / "round1.h5", client=client)
+    single = net.score_pool(store.patches)
+    np.testing.assert_allclose(scores.entropy, single.entropy, rtol=1e-6, atol=1e-7)
+    picked = streaming_focannot(scores, 5, k=2, random_state=0)
+    assert len(set(picked.tolist())) == 5
+    # The selection lands in level-0 pixels, where QuPath's annotations are.
+    np.testing.assert_array_equal(store.coords_level0[np.sort(picked)], store.coords[np.sort(picked)] * 2)
