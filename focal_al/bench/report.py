@@ -734,6 +734,10 @@ def write_report(
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(exist_ok=True)
     figures: dict[str, Path] = {}
+    # Figures are redrawn from the runs there now: none may survive from an earlier report.
+    for stale in [*figure_dir.glob("queries-*.png"), figure_dir / "paired-differences.png",
+                  figure_dir / "cluster-criteria.png"]:
+        stale.unlink(missing_ok=True)
     path = fig.plot_learning_curves(records, figure_dir / "learning-curves-dice.png",
                                     metric="dice", full_supervision=full_supervision)
     figures["Fig. 4: Dice against annotation cost (mean over seeds, band: 95 % interval of the mean)"] = path
@@ -744,8 +748,6 @@ def write_report(
     path = fig.plot_cluster_criteria(records, figure_dir / "cluster-criteria.png")
     if path is not None:
         figures["Fig. 5: mean cluster uncertainty and cluster diversity per round"] = path
-    for stale in figure_dir.glob("queries-*.png"):  # the images drawn may change as runs are added
-        stale.unlink()
     if query_images:
         queries = load_queries(out_dir)
         labels = {r["strategy"]: r["label"] for r in rows}
