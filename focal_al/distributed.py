@@ -20,7 +20,7 @@ import numbers
 import os
 from pathlib import Path
 
-from focal_al.scores_file import ScoresFile, _allocate, _check_destination, _fsync, _temp_name, _write_rows
+from focal_al.scores_file import ScoresFile, _allocate, _check_destination, _publishing, _write_rows
 
 __all__ = ["connect", "load_safetensors_weights", "save_safetensors_weights", "score_pool_distributed"]
 
@@ -229,8 +229,7 @@ def score_pool_distributed(
     d = net.score_pool(store.patches[:1]).descriptors.shape[1]
     save_safetensors_weights(net, weights_path)
     blueprint = clone(net)
-    tmp = _temp_name(scores_path)
-    try:
+    with _publishing(scores_path) as tmp:
         offsets = _allocate(tmp, n, d, {"store": os.fspath(store.path.resolve()),
                                         "weights": os.fspath(weights_path.resolve()),
                                         "batch_size": batch_size})
@@ -249,10 +248,4 @@ def score_pool_distributed(
                 dask_client.cancel(futures)
         if written != n:
             raise RuntimeError(f"Workers scored {written} patches of {n}; the scores file is incomplete.")
-        _fsync(tmp)
-        os.replace(tmp, scores_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return ScoresFile(scores_path)

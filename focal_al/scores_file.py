@@ -16,6 +16,7 @@ temporary name and moved into place with :func:`os.replace` only when complete.
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import tempfile
@@ -90,6 +91,21 @@ def _temp_name(path):
     return name
 
 
+@contextlib.contextmanager
+def _publishing(path):
+    """Yield a temporary file next to ``path``; on success fsync it and ``os.replace`` it onto
+    ``path``, on any error (an interrupt included) remove it: ``path`` is never half-written."""
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_scores(path, scores, *, overwrite=False, attrs=None):
     """Write pool scores to a scores file, atomically (temporary name, then ``os.replace``).
 
@@ -109,18 +125,11 @@ def write_scores(path, scores, *, overwrite=False, attrs=None):
     """
     path = _check_destination(path, overwrite)
     n, d = np.shape(scores.descriptors)
-    tmp = _temp_name(path)
-    try:
+    with _publishing(path) as tmp:
         offsets = _allocate(tmp, n, d, dict(attrs or {}))
         for start in range(0, n, _CHUNK):
             block = PoolScores(**{name: np.asarray(getattr(scores, name)[start:start + _CHUNK]) for name in _FIELDS})
             _write_rows(tmp, offsets, start, block)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return ScoresFile(path)
 
 

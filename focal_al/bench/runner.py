@@ -428,8 +428,9 @@ def make_learner(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         # The simulated annotator lends its ground truth (oracle-assisted baselines only): the
         # share of foreground pixels of each patch, padding included as the store holds it.
         scores = learner.estimator.score_pool(patches[rows])
-        labels = store.labels
-        fraction = np.array([float(np.mean(np.asarray(labels[i]) == 1)) for i in rows])
+        # Sorted rows, read in blocks: sequential memmap reads, not one read per patch.
+        fraction = np.concatenate([(np.asarray(store.labels[rows[a:a + 4096]]) == 1).mean(axis=(1, 2))
+                                   for a in range(0, len(rows), 4096)]) if len(rows) else np.empty(0)
         return PoolScores(entropy=scores.entropy, margin=scores.margin, least_confidence=scores.least_confidence,
                           descriptors=scores.descriptors, extras={**scores.extras, "foreground_fraction": fraction})
 
@@ -504,6 +505,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         load_checkpoint(net, run_dir / state["weights"])
     per_round = queries_per_round(config, level, n_patches, n_images, learner.revealed_.n_total)
     total_foreground = max(1, sum(int(np.count_nonzero(m)) for m in train.masks))
+    cu_cd = (None, None)  # mean CU and CD of the last query (Fig. 5); none before the first
 
     while True:
         if state is None or round_ > state["round"]:
@@ -519,8 +521,8 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
                 "n_revealed_foreground": n_foreground, "foreground_cost": n_foreground / total_foreground,
                 "n_regions": sum(len(q["items"]) for q in queries),
                 "n_labelled": int(len(labelled) if level == "patch" else len(labelled_images)), **metrics,
-                "cu": cu_cd[0] if round_ and level == "patch" else None,
-                "cd": cu_cd[1] if round_ and level == "patch" else None,
+                "cu": cu_cd[0],
+                "cd": cu_cd[1],
                 "train_steps": int(getattr(net, "lr_total_", 0)),
                 "train_seconds": train_seconds, "query_seconds": query_seconds,
                 "eval_seconds": time.perf_counter() - start, "threads": _torch_threads(),
