@@ -87,6 +87,9 @@ def _csv(kind):
 @click.option("--threads", type=int,
               help="torch CPU threads of this process (default: half the CPU cores, at least 1: two threads "
                    "per process thrash on a busy 2-core machine; recorded with every round).")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Runs (strategy x seed) at once, each in its own process with --threads torch threads; "
+                   "their records are those of one-by-one runs. E.g. --jobs 8 --threads 1 on 8 free cores or a GPU.")
 @click.option("--width", type=int, help="Network width w (descriptor dimension 8w).")
 @click.option("--depth", type=int, help="Network depth (number of 2x2 poolings; patch sides must be multiples of 2**depth).")
 @click.option("--lr", type=float, help="Adam learning rate.")
@@ -122,7 +125,7 @@ def _csv(kind):
 @click.option("--full-supervision/--no-full-supervision", default=True, show_default=True,
               help="Also train on every training pixel, the ceiling the curves are compared with.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, **options):
+def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, jobs, **options):
     """Reproduce the paper's experiment: learning curves of query strategies against annotation cost."""
     from focal_al.bench.config import preset_config
     from focal_al.bench.runner import run_bench, run_grid
@@ -138,10 +141,10 @@ def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, **opt
 
             torch.set_num_threads(config.threads)
         if grid:
-            for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet):
+            for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet, jobs=jobs):
                 click.echo(path)
         else:
-            click.echo(run_bench(config, resume=resume, quiet=quiet, with_full_supervision=full_supervision))
+            click.echo(run_bench(config, resume=resume, quiet=quiet, with_full_supervision=full_supervision, jobs=jobs))
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
         raise click.ClickException(str(err)) from err
 

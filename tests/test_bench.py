@@ -237,6 +237,31 @@ def test_records_are_reproducible(protocol_bench, tmp_path):
     assert without_timings(records) == without_timings(runs["7-focannot", 1][0])
 
 
+
+def test_parallel_jobs_give_the_records_of_one_by_one_runs(protocol_bench, tmp_path):
+    """--jobs runs each (strategy, seed) in its own process: same records, queries and ceiling."""
+    config, _, runs = protocol_bench
+    again = config.replace(strategies=("7-focannot", "random-image"), out_dir=str(tmp_path), threads=1)
+    run_bench(again, quiet=True, with_full_supervision=True, jobs=3)
+    for key in again.strategies:
+        for seed in again.seeds:
+            run = tmp_path / "runs" / f"{key}-seed{seed}"
+            assert without_timings(read_json(run / "rounds.json")) == without_timings(runs[key, seed][0])
+            assert read_json(run / "queries.json") == runs[key, seed][1]
+    ceiling = read_json(tmp_path / "full_supervision.json")
+    alone = tmp_path / "alone"
+    run_bench(again.replace(strategies=("random-patch",), seeds=(0,), budget=0.15, out_dir=str(alone)), quiet=True)
+    assert ceiling["dice"] == read_json(alone / "full_supervision.json")["dice"]
+    assert (tmp_path / "report.md").is_file()
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_jobs_must_be_a_positive_integer(tmp_path, jobs):
+    with pytest.raises(ValueError, match="jobs"):
+        run_bench(tiny(tmp_path), quiet=True, jobs=jobs)
+    assert not any(tmp_path.iterdir())
+
+
 # ----------------------------------------------------------------------------------- resume
 
 KILL_CONFIG = dict(strategies=("random-patch",), seeds=(0,), budget=0.6)

@@ -684,14 +684,20 @@ def check_protocol_fits(config: BenchConfig, data: BenchData, specs: list[BenchS
 
 
 def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
-              with_full_supervision: bool = True) -> Path:
+              with_full_supervision: bool = True, jobs: int = 1) -> Path:
     """Run every strategy under every seed of ``config`` into ``config.out_dir``; write the report.
+
+    ``jobs`` > 1 runs that many (strategy, seed) runs at once, each in its own process with
+    ``config.threads`` torch threads (full supervision is one more such job). Every run is seeded
+    from (seed, round) alone, so its records are those of a sequential run; only the timings differ.
 
     Returns the path of the Markdown report.
     """
     from focal_al.bench.report import write_report
 
     config.validate()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"The 'jobs' parameter of run_bench must be an integer >= 1. Got {jobs!r} instead.")
     specs = [resolve_strategy(name) for name in config.strategies]
     out_dir = Path(config.out_dir)
     for spec in specs:  # refuse before writing anything (config.json, cache, full supervision)
@@ -702,21 +708,26 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     data = prepare_data(config, out_dir)
     report(describe_data(data, config) + f" {len(specs)} strategies x {len(config.seeds)} seeds.")
     check_protocol_fits(config, data, specs)
-    atomic_write_json(out_dir / "config.json", {**config.to_dict(), "versions": _versions()})
-    if with_full_supervision:
-        full_supervision(config, data, out_dir, report=report)
-    runs = [(spec, seed) for spec in specs for seed in config.seeds]
-    started, durations = time.perf_counter(), []
-    for k, (spec, seed) in enumerate(runs, start=1):
-        def run_report(line, k=k):
-            left = ""
-            if durations:
-                left = f"; ~{np.mean(durations) * (len(runs) - k + 1) / 60:.0f} min left in all {len(runs)} runs"
-            report(f"run {k}/{len(runs)} {line}{left}")
+    atomic_write_json(out_dir / "config.json", {**config.to_dict(), "jobs": jobs, "versions": _versions()})
+    runs = [(name, seed) for name in config.strategies for seed in config.seeds]
+    started = time.perf_counter()
+    if jobs == 1:
+        if with_full_supervision:
+            full_supervision(config, data, out_dir, report=report)
+        durations = []
+        for k, (name, seed) in enumerate(runs, start=1):
+            def run_report(line, k=k):
+                left = ""
+                if durations:
+                    left = f"; ~{np.mean(durations) * (len(runs) - k + 1) / 60:.0f} min left in all {len(runs)} runs"
+                report(f"run {k}/{len(runs)} {line}{left}")
 
-        start = time.perf_counter()
-        run_strategy(config, spec, seed, data, out_dir, resume=resume, report=run_report)
-        durations.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume, report=run_report)
+            durations.append(time.perf_counter() - start)
+    else:
+        _run_in_parallel(config, runs, out_dir, resume=resume, quiet=quiet, jobs=jobs,
+                         with_full_supervision=with_full_supervision, report=report)
     report(f"{len(runs)} runs in {(time.perf_counter() - started) / 60:.1f} min")
     path = write_report(out_dir, query_images=dict(zip(data.train.names, data.train.images)),
                         query_masks=dict(zip(data.train.names, data.train.masks)))
@@ -724,7 +735,54 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     return path
 
 
-def run_grid(config: BenchConfig, *, resume: bool = False, quiet: bool = False) -> list[Path]:
+def _job(config: BenchConfig, name: str | None, seed: int, out_dir: Path, resume: bool, quiet: bool) -> float:
+    """One run (or full supervision when ``name`` is None) in a worker process; returns its seconds."""
+    import torch
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    start = time.perf_counter()
+    data = prepare_data(config, out_dir)  # the parent built the patch cache: this opens it
+    report = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    if name is None:
+        full_supervision(config, data, out_dir, seed=seed, report=report)
+    else:
+        run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume, report=report)
+    return time.perf_counter() - start
+
+
+def _run_in_parallel(config: BenchConfig, runs: list[tuple[str, int]], out_dir: Path, *, resume: bool, quiet: bool,
+                     jobs: int, with_full_supervision: bool, report: Callable[[str], None]) -> None:
+    """Runs in ``jobs`` spawned processes; the first failure cancels what has not started and is raised."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    todo = ([(None, 0)] if with_full_supervision else []) + list(runs)
+    report(f"{len(todo)} jobs ({len(runs)} runs{' + full supervision' if with_full_supervision else ''}) "
+           f"in {jobs} processes of {config.threads or 'default'} torch thread(s) each")
+    started, done = time.perf_counter(), 0
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_job, config, name, seed, out_dir, resume, quiet): (name, seed) for name, seed in todo}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                name, seed = futures[future]
+                what = "full supervision" if name is None else f"{name} seed {seed}"
+                error = future.exception()
+                if error is not None:
+                    for other in pending:
+                        other.cancel()
+                    kind = type(error) if isinstance(error, (ValueError, FileNotFoundError, FileExistsError)) else RuntimeError
+                    raise kind(f"Bench job {what} failed: {error}") from error
+                done += 1
+                elapsed = time.perf_counter() - started
+                left = elapsed / done * (len(todo) - done)
+                report(f"job {done}/{len(todo)} done: {what} in {future.result() / 60:.1f} min"
+                       + (f"; ~{left / 60:.0f} min left" if done < len(todo) else ""))
+
+
+def run_grid(config: BenchConfig, *, resume: bool = False, quiet: bool = False, jobs: int = 1) -> list[Path]:
     """Table 2: FocAnnot over patch size x overlap x clusters, one output folder per combination.
 
     Patch sizes are the paper's (64, 128, 256) scaled by ``config.scale``.
@@ -736,5 +794,5 @@ def run_grid(config: BenchConfig, *, resume: bool = False, quiet: bool = False) 
                 l = int(round(size * config.scale))
                 sub = config.replace(patch_size=l, overlap=overlap, clusters=k,
                                      out_dir=str(Path(config.out_dir) / f"grid-l{l}-rho{overlap:g}-k{k}"))
-                reports.append(run_bench(sub, resume=resume, quiet=quiet, with_full_supervision=False))
+                reports.append(run_bench(sub, resume=resume, quiet=quiet, with_full_supervision=False, jobs=jobs))
     return reports
