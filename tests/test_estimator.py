@@ -82,6 +82,17 @@ def test_device_param_survives_fit_and_clone():
     assert clone(net).device == "auto"
 
 
+
+def test_adam_is_fused_on_cuda_only():
+    net = tiny().initialize()
+    params = list(net.module_.named_parameters())
+    assert "fused" not in net.get_params_for_optimizer("optimizer", params)[1]
+    net.device_ = torch.device("cuda")  # the choice only: no CUDA is touched
+    assert net.get_params_for_optimizer("optimizer", params)[1]["fused"] is True
+    for other in (tiny(optimizer__fused=False), tiny(optimizer=torch.optim.SGD)):
+        other.initialize().device_ = torch.device("cuda")
+        assert other.get_params_for_optimizer("optimizer", params)[1].get("fused") in (None, False)
+
 def test_ignore_index_really_ignored(fitted):
     net, X, y = fitted
     logits = torch.randn(8, 2, 16, 16)
