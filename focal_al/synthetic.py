@@ -7,9 +7,13 @@ the same whatever ``n_images`` is. The scene:
   (gaps look like gland lumens, so colour alone does not separate the classes);
 - glands: many touching ellipses with irregular borders, a purple epithelial rim dotted with
   nuclei and a pale lumen of varying size;
-- rare objects (a minority, mostly in "malignant" images): elongated, blobby, solid objects with a
-  dense speckled texture and no lumen, the regions an active learner should find;
-- a per-image stain (Beer-Lambert mix of jittered haematoxylin and eosin colours) and sensor noise.
+- rare objects (in every "malignant" image and a few benign ones, about 15 % of the foreground
+  of the default dataset): large, blobby, pale sheets of vacuolated cells with no purple rim and
+  no lumen. Their colour is close to the stroma's, so a network that has seen glands only calls
+  them background; their bubbly texture tells them apart once it has seen some. These are the
+  regions an active learner should find;
+- a per-image stain (Beer-Lambert mix of jittered haematoxylin and eosin colours), a per-image
+  rim strength (faded haematoxylin) and sensor noise.
 
 Images are rendered in Beer-Lambert optical density space: ``rgb = 255 * exp(-(H h + E e))``.
 """
