@@ -199,7 +199,7 @@ class BenchConfig:
 
 PRESETS: dict[str, dict] = {
     # The built-in synthetic data and a small network, three seeds, budget 20 % in steps of 4 %,
-    # 30-50 steps per round: about 5 minutes on 2 CPU cores (see README).
+    # 30-50 steps per round: 5.3 minutes on 2 CPU cores beside another experiment (5.3 min of CPU).
     "quick": dict(n_images=32, seeds=(0, 1, 2), budget=0.2, step=0.04, epochs=4.0, train_steps=30,
                   initial_train_steps=50, max_train_steps=50, full_supervision_epochs=8.0),
     # GlaS at half resolution, sized so that one strategy with one seed takes about 15 minutes on 2 cores.
