@@ -472,9 +472,10 @@ def make_synthetic(n_images=24, size=(192, 256), *, seed=0):
     """The embedded default dataset: synthetic H&E-like gland images with instance masks.
 
     Dense, touching, similar-looking glands (purple rim, pale lumen) on a fibrous stroma with
-    confounders (stromal nuclei, pale gaps), plus a minority of rare, elongated, solid objects;
-    per-image stain variation and noise. About 30 % of the images are "malignant" (more rare
-    objects, more deformed glands). See :mod:`focal_al.synthetic`.
+    confounders (stromal nuclei, pale gaps), plus rare objects: pale, vacuolated sheets that look
+    like stroma to a network that has seen glands only; per-image stain variation, rim strength
+    and noise. About 30 % of the images are "malignant" (they hold the rare objects, which few
+    benign images do, and more deformed glands). See :mod:`focal_al.synthetic`.
 
     Parameters
     ----------

@@ -7,9 +7,13 @@ the same whatever ``n_images`` is. The scene:
   (gaps look like gland lumens, so colour alone does not separate the classes);
 - glands: many touching ellipses with irregular borders, a purple epithelial rim dotted with
   nuclei and a pale lumen of varying size;
-- rare objects (a minority, mostly in "malignant" images): elongated, blobby, solid objects with a
-  dense speckled texture and no lumen, the regions an active learner should find;
-- a per-image stain (Beer-Lambert mix of jittered haematoxylin and eosin colours) and sensor noise.
+- rare objects (in every "malignant" image and a few benign ones, about 15 % of the foreground
+  of the default dataset): large, blobby, pale sheets of vacuolated cells with no purple rim and
+  no lumen. Their colour is close to the stroma's, so a network that has seen glands only calls
+  them background; their bubbly texture tells them apart once it has seen some. These are the
+  regions an active learner should find;
+- a per-image stain (Beer-Lambert mix of jittered haematoxylin and eosin colours), a per-image
+  rim strength (faded haematoxylin) and sensor noise.
 
 Images are rendered in Beer-Lambert optical density space: ``rgb = 255 * exp(-(H h + E e))``.
 """
@@ -88,7 +92,13 @@ def _rasterise(shape, objects, border_noise):
     return ids, depth
 
 
-def make_synthetic_image(rng, size, *, malignant):
+def _bubbles(rng, shape, density, radius):
+    """A field in [0, 1]: 1 inside small round vacuoles scattered at ``density`` per pixel."""
+    seeds = (rng.random(shape) < density).astype(float)
+    return np.clip(ndimage.gaussian_filter(seeds, radius) * (2 * np.pi * radius**2) * 1.6, 0.0, 1.0)
+
+
+def make_synthetic_image(rng, size, *, malignant, with_kinds=False):
     """Draw one synthetic image.
 
     Parameters
@@ -97,13 +107,17 @@ def make_synthetic_image(rng, size, *, malignant):
     size : tuple of (int, int)
         ``(H, W)``.
     malignant : bool
-        Malignant images have more rare objects and more deformed glands.
+        Malignant images hold the rare objects (benign ones seldom do) and more deformed glands.
+    with_kinds : bool, default=False
+        Also return the kind of every pixel.
 
     Returns
     -------
     image : ndarray of shape (H, W, 3), dtype uint8
     mask : ndarray of shape (H, W), dtype int32
         Instance ids ``1..K`` (consecutive), 0 = background.
+    kinds : ndarray of shape (H, W), dtype uint8
+        Only with ``with_kinds``: 0 background, 1 gland, 2 rare object.
     """
     height, width = size
     shape = (height, width)
@@ -113,27 +127,30 @@ def make_synthetic_image(rng, size, *, malignant):
 
     # Glands: dense, touching, similar-looking.
     # Objects keep their size in pixels; a larger image shows more of them.
-    n_glands = max(2, int(round(rng.integers(24, 34) * scale**2)))
-    centres, radii = _place_objects(rng, shape, n_glands, (11, 22))
+    n_glands = max(2, int(round(rng.integers(20, 30) * scale**2)))
+    centres, radii = _place_objects(rng, shape, n_glands, (10, 21))
     glands = []
     for (cy, cx), radius in zip(centres, radii):
-        aspect = rng.uniform(0.6, 1.0)
+        aspect = rng.uniform(0.55, 1.0)
         wobble = rng.uniform(0.12, 0.22) if malignant else rng.uniform(0.04, 0.12)
         glands.append((cy, cx, radius, radius * aspect, rng.uniform(0, np.pi), wobble))
 
-    # Rare objects: elongated, blobby, solid; a minority of all objects.
-    n_rare = int(rng.integers(1, 4)) if malignant else int(rng.random() < 0.3)
+    # Rare objects: large, blobby, pale sheets of vacuolated cells (no purple rim, no lumen), in a
+    # minority of the images. Their colour is close to the stroma's and far from the glands', so a
+    # network that has seen glands only calls them background; their bubbly texture gives them away
+    # once it has seen a few.
+    n_rare = int(rng.integers(1, 3)) if malignant else int(rng.random() < 0.08)
     rare = []
     for _ in range(n_rare):
-        length = rng.uniform(25, 45)
+        length = rng.uniform(28, 48)
         rare.append(
             (
-                rng.uniform(0, height),
-                rng.uniform(0, width),
+                rng.uniform(0.15, 0.85) * height,
+                rng.uniform(0.15, 0.85) * width,
                 length,
-                length * rng.uniform(0.2, 0.35),
+                length * rng.uniform(0.5, 0.85),
                 rng.uniform(0, np.pi),
-                rng.uniform(0.2, 0.3),
+                rng.uniform(0.15, 0.3),
             )
         )
     # Rare objects are drawn last and win ties, so they cut into the glands they overlap.
@@ -151,33 +168,41 @@ def make_synthetic_image(rng, size, *, malignant):
     conc_e[gaps] *= 0.25
     conc_h[gaps] *= 0.3
 
-    lumen_ratio = rng.uniform(0.35, 0.75, len(glands) + 1)[np.minimum(ids, len(glands))]
+    # Rim strength varies per image (a faded haematoxylin), so a few images do not teach them all.
+    rim_h = rng.uniform(0.3, 0.6)
+    lumen_ratio = rng.uniform(0.3, 0.75, len(glands) + 1)[np.minimum(ids, len(glands))]
     rim = is_gland & (depth >= lumen_ratio)
     lumen = is_gland & ~rim
-    conc_h[rim] = 0.55 + 0.1 * border_noise[rim]
+    conc_h[rim] = rim_h + 0.1 * border_noise[rim]
     conc_e[rim] = 0.35
     conc_h[lumen] = 0.04
     conc_e[lumen] = 0.10 + 0.05 * fibres[lumen]
-    speckle = rng.standard_normal(shape)
-    conc_h[is_rare] = 0.85 + 0.25 * speckle[is_rare]
-    conc_e[is_rare] = 0.55 + 0.1 * speckle[is_rare]
+    vacuoles = _bubbles(rng, shape, 0.02, 1.2)
+    grain = ndimage.gaussian_filter(rng.standard_normal(shape), 0.7)
+    conc_h[is_rare] = (0.16 + 0.05 * grain[is_rare]) * (1 - 0.8 * vacuoles[is_rare])
+    conc_e[is_rare] = (0.42 + 0.06 * grain[is_rare]) * (1 - 0.75 * vacuoles[is_rare])
 
-    # Nuclei: dense along the gland rims, sparse in the stroma (a confounder for "dark = gland").
-    p_nucleus = np.where(rim, 0.03, np.where(ids == 0, 0.0025, 0.0))
+    # Nuclei: dense along the gland rims, sparse in the stroma and the rare sheets (a confounder
+    # for "dark = gland").
+    p_nucleus = np.where(rim, 0.03, np.where(ids == 0, 0.0025, np.where(is_rare, 0.002, 0.0)))
     nuclei = ndimage.gaussian_filter((rng.random(shape) < p_nucleus).astype(float), 1.3)
     conc_h += 9.0 * nuclei
 
-    stain_h = _stain_vector(rng, _H_VECTOR, 0.06) * rng.uniform(0.75, 1.3)
-    stain_e = _stain_vector(rng, _E_VECTOR, 0.06) * rng.uniform(0.7, 1.3)
+    stain_h = _stain_vector(rng, _H_VECTOR, 0.08) * rng.uniform(0.7, 1.35)
+    stain_e = _stain_vector(rng, _E_VECTOR, 0.08) * rng.uniform(0.65, 1.35)
     density = np.clip(conc_h, 0, None)[..., None] * stain_h + np.clip(conc_e, 0, None)[..., None] * stain_e
-    rgb = 255.0 * np.exp(-density) + rng.normal(0.0, rng.uniform(3.0, 8.0), shape + (3,))
+    rgb = 255.0 * np.exp(-density) + rng.normal(0.0, rng.uniform(4.0, 10.0), shape + (3,))
     image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
     # One connected piece per id (a rare object can cut a gland in two), consecutive ids, and no
     # slivers hidden by other objects or cut by the border.
-    ids = measure.label(ids, background=0, connectivity=1)
-    labels, counts = np.unique(ids, return_counts=True)
+    pieces = measure.label(ids, background=0, connectivity=1)
+    labels, counts = np.unique(pieces, return_counts=True)
     keep = labels[(labels > 0) & (counts >= 20)]
-    lookup = np.zeros(ids.max() + 1, dtype=np.int32)
+    lookup = np.zeros(pieces.max() + 1, dtype=np.int32)
     lookup[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
-    return image, lookup[ids]
+    mask = lookup[pieces]
+    if not with_kinds:
+        return image, mask
+    kinds = np.where(mask == 0, 0, np.where(is_rare, 2, 1)).astype(np.uint8)
+    return image, mask, kinds

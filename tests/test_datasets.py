@@ -14,6 +14,7 @@ from focal_al.datasets import (
 )
 from focal_al.patches import partition
 from focal_al.store import PatchStore
+from focal_al.synthetic import make_synthetic_image
 
 
 # --- synthetic ---------------------------------------------------------------------------------
@@ -45,6 +46,39 @@ def test_synthetic_has_stain_variation_and_rare_objects():
     mean_colours = np.array([im.reshape(-1, 3).mean(axis=0) for im in data.images])
     assert mean_colours.std(axis=0).max() > 3  # per-image stain differs
     assert 0 < data.grades.count("malignant") < 24
+
+
+def _kinds(seed, i, size, malignant):
+    return make_synthetic_image(np.random.default_rng([seed, i]), size, malignant=malignant, with_kinds=True)
+
+
+def test_synthetic_kinds_match_the_mask_and_do_not_change_the_image():
+    for i in range(3):
+        image, mask, kinds = _kinds(4, i, (64, 80), malignant=True)
+        image_b, mask_b = make_synthetic_image(np.random.default_rng([4, i]), (64, 80), malignant=True)
+        np.testing.assert_array_equal(image, image_b)
+        np.testing.assert_array_equal(mask, mask_b)
+        assert kinds.shape == mask.shape and kinds.dtype == np.uint8
+        assert set(np.unique(kinds)) <= {0, 1, 2}
+        np.testing.assert_array_equal(kinds > 0, mask > 0)
+        # A rare object is whole instances: no instance id is part rare, part gland.
+        for label in np.unique(mask[kinds == 2]):
+            assert set(np.unique(kinds[mask == label])) == {2}
+
+
+def test_synthetic_rare_objects_are_rare_and_look_like_stroma_not_glands():
+    draws = [_kinds(0, i, (128, 128), malignant=i % 4 == 0) for i in range(12)]
+    counts = np.array([np.bincount(kinds.ravel(), minlength=3) for _, _, kinds in draws])
+    has_rare = counts[:, 2] > 0
+    assert has_rare[::4].all()  # every malignant image holds one
+    assert 0 < has_rare.sum() < len(draws) / 2  # a minority of the images
+    assert counts[:, 2].sum() < 0.3 * counts[:, 1:].sum()  # a minority of the foreground
+    for image, _, kinds in draws:
+        if not (kinds == 2).any():
+            continue
+        colour = [image[kinds == k].reshape(-1, 3).mean(axis=0) for k in range(3)]
+        # Pale like the stroma, far from the purple glands: colour alone does not find them.
+        assert np.linalg.norm(colour[2] - colour[0]) < np.linalg.norm(colour[2] - colour[1])
 
 
 @pytest.mark.parametrize(
