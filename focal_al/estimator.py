@@ -1,8 +1,10 @@
 """``SegmentationNet``: the segmentation network as a scikit-learn / skorch estimator.
 
-It trains on patches, predicts patches or whole images, and scores a pool of patches in one
-streaming pass (:meth:`SegmentationNet.score_pool`), yielding the :class:`~focal_al.scores.PoolScores`
-every query criterion reads.
+It trains on patches (this module: parameters, input checks, the per-round learning-rate
+schedule, augmentation, weights I/O), scores a pool of patches in one streaming pass
+(:class:`~focal_al.pool_scoring.PoolScoring`, yielding the :class:`~focal_al.scores.PoolScores`
+every query criterion reads) and runs whole images
+(:class:`~focal_al.image_inference.WholeImageInference`).
 """
 from __future__ import annotations
 
@@ -10,18 +12,18 @@ import contextlib
 import os
 import pickle
 import warnings
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, RandomSampler
 
 from focal_al.nets import EDConvNet
-from focal_al.scores import PoolScores
+from focal_al.image_inference import WholeImageInference
+from focal_al.pool_scoring import PoolScoring, dihedral
 from focal_al.training import SCHEDULES, learning_rate, steps_for
 
 __all__ = ["SegmentationNet", "softmax_channels"]
@@ -64,27 +66,7 @@ def _collate_batch(batch):
     return batch
 
 
-def _dihedral(t: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 flips / 90-degree rotations of the last two axes."""
-    t = torch.rot90(t, k % 4, dims=(-2, -1))
-    return torch.flip(t, dims=(-1,)) if k >= 4 else t
-
-
-def _dihedral_inverse(t: torch.Tensor, k: int) -> torch.Tensor:
-    """Undo :func:`_dihedral` ``k`` (maps predicted on a transformed input back to its frame)."""
-    if k >= 4:
-        t = torch.flip(t, dims=(-1,))
-    return torch.rot90(t, -(k % 4), dims=(-2, -1))
-
-
-def _window_sums(maps: torch.Tensor, y0, x0, y1, x1) -> torch.Tensor:
-    """Sums of ``maps`` ``(K, H, W)`` over windows ``[y0, y1) x [x0, x1)``: ``(K, n_windows)``."""
-    table = F.pad(maps, (1, 0, 1, 0)).cumsum(dim=1).cumsum(dim=2)
-    y0, x0, y1, x1 = (torch.as_tensor(np.asarray(v), dtype=torch.long) for v in (y0, x0, y1, x1))
-    return table[:, y1, x1] - table[:, y0, x1] - table[:, y1, x0] + table[:, y0, x0]
-
-
-class SegmentationNet(NeuralNet):
+class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
     """A per-pixel classifier (ED-ConvNet by default) as a skorch / scikit-learn estimator.
 
     Inputs are patches ``X`` of shape ``(N, C, H, W)`` (uint8, divided by 255 inside, or float,
@@ -554,7 +536,7 @@ class SegmentationNet(NeuralNet):
         g = self.torch_generator_
         out_x, out_y = x, y
         if self.augment:
-            out_x, out_y = self._random_dihedral(x, y)
+            out_x, out_y = self._randomdihedral(x, y)
         if self.color_jitter:
             cj = float(self.color_jitter)
             # One brightness and one contrast factor per sample.
@@ -564,7 +546,7 @@ class SegmentationNet(NeuralNet):
             out_x = out_x.clamp_(0.0, 1.0)
         return out_x, out_y
 
-    def _random_dihedral(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _randomdihedral(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sample gets one of the 8 flips / 90-degree rotations, images and labels alike."""
         n = x.shape[0]
         g = self.torch_generator_
@@ -576,8 +558,8 @@ class SegmentationNet(NeuralNet):
         out_x, out_y = torch.empty_like(x), torch.empty_like(y)
         for k in torch.unique(ops).tolist():
             idx = (ops == k).nonzero().flatten().to(x.device)
-            out_x[idx] = _dihedral(x[idx], k)
-            out_y[idx] = _dihedral(y[idx], k)
+            out_x[idx] = dihedral(x[idx], k)
+            out_y[idx] = dihedral(y[idx], k)
         return out_x, out_y
 
     # ------------------------------------------------------------------ skorch hooks
@@ -722,378 +704,6 @@ class SegmentationNet(NeuralNet):
                 out[start:start + len(labels)] = labels
                 start += len(labels)
         return out
-
-    @staticmethod
-    def _uncertainty(proba: torch.Tensor, valid: torch.Tensor | None = None):
-        """Per-sample mean entropy, margin and least confidence of ``(n, C, H, W)`` probabilities."""
-        entropy = torch.special.entr(proba).sum(dim=1)
-        top = proba.topk(2, dim=1).values
-        margin = top[:, 0] - top[:, 1]
-        least = 1.0 - top[:, 0]
-        if valid is None:
-            return entropy.mean(dim=(1, 2)), margin.mean(dim=(1, 2)), least.mean(dim=(1, 2))
-        return entropy[valid].mean(), margin[valid].mean(), least[valid].mean()
-
-    def score_pool(self, X, *, batch_size: int | None = None) -> PoolScores:
-        """Uncertainty scores and descriptors of a pool of patches, in one streaming pass.
-
-        This is the exact per-patch mode (the default and only mode here): every patch is run
-        through the network on its own, as in the paper; memory is bounded by one batch.
-
-        Parameters
-        ----------
-        X : array-like of shape (N, C, H, W), uint8 or float
-            The pool (a memmap, e.g. ``PatchStore.patches``, is read batch by batch).
-        batch_size : int, optional
-            Defaults to ``batch_size``.
-
-        Returns
-        -------
-        PoolScores
-            ``entropy`` (N,) mean pixel entropy (natural log, Eq. 2); ``margin`` (N,) mean of
-            ``p_top1 - p_top2``; ``least_confidence`` (N,) mean of ``1 - max_j p_j``;
-            ``descriptors`` (N, d) float32, the channel-wise mean of the bottleneck.
-        """
-        self._check_fitted("score_pool")
-        batches = self._batches(X, batch_size, "score_pool")
-        n = len(X)
-        entropy = np.empty(n, dtype=np.float32)
-        margin = np.empty(n, dtype=np.float32)
-        least = np.empty(n, dtype=np.float32)
-        tta = np.empty(n, dtype=np.float32) if self.score_tta else None
-        bald = np.empty(n, dtype=np.float32) if self.mc_samples else None
-        dropouts = self._dropout_layers() if self.mc_samples else []
-        head_input, hook, out = [], None, {}
-        if self.score_gradients:
-            head = getattr(self.module_, "head", None)
-            if not isinstance(head, torch.nn.Conv2d) or head.kernel_size != (1, 1):
-                raise ValueError(
-                    f"score_gradients=True needs a module whose 'head' is a 1x1 Conv2d (EDConvNet); "
-                    f"{type(self.module_).__name__} has {type(head).__name__ if head is not None else 'no head'}."
-                )
-            hook = head.register_forward_hook(lambda module, args, output: head_input.append(args[0]))
-        self.module_.eval()
-        try:
-            self._score_batches(batches, n, entropy, margin, least, tta, bald, dropouts, head_input, out)
-        finally:
-            if hook is not None:
-                hook.remove()
-        descriptors, gradients = out.get("descriptors"), out.get("gradients")
-        extras = {} if tta is None else {"tta_disagreement": tta}
-        if bald is not None:
-            extras["bald"] = bald
-        if gradients is not None:
-            extras["gradient_embedding"] = gradients
-        return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors,
-                          extras=extras)
-
-    def _score_batches(self, batches, n, entropy, margin, least, tta, bald, dropouts, head_input, out) -> None:
-        """The one pass of :meth:`score_pool`: fills its arrays (and ``out``) batch by batch."""
-        start = 0
-        with torch.inference_mode():
-            for xb in batches:
-                head_input.clear()
-                with self._autocast():
-                    logits, desc = self.module_(xb)
-                proba = torch.softmax(logits.float(), dim=1)
-                stop = start + len(xb)
-                if head_input:
-                    # d CE / d W_head under the predicted labels: (p - onehot) f, mean over pixels.
-                    features = head_input[0].float()
-                    residual = proba - F.one_hot(proba.argmax(dim=1), proba.shape[1]).permute(0, 3, 1, 2).float()
-                    grad = torch.einsum("nchw,nfhw->ncf", residual, features) / (features.shape[2] * features.shape[3])
-                    if "gradients" not in out:
-                        out["gradients"] = np.empty((n, grad.shape[1] * grad.shape[2]), dtype=np.float32)
-                    out["gradients"][start:stop] = grad.reshape(len(xb), -1).cpu().numpy()
-                if tta is not None:
-                    tta[start:stop] = self._tta_disagreement(xb, proba).cpu().numpy()
-                if bald is not None:
-                    bald[start:stop] = self._bald(xb, dropouts).cpu().numpy()
-                h, m, lc = self._uncertainty(proba)
-                entropy[start:stop] = h.cpu().numpy()
-                margin[start:stop] = m.cpu().numpy()
-                least[start:stop] = lc.cpu().numpy()
-                if "descriptors" not in out:
-                    out["descriptors"] = np.empty((n, desc.shape[1]), dtype=np.float32)
-                out["descriptors"][start:stop] = desc.float().cpu().numpy()
-                start = stop
-
-    def _dropout_layers(self) -> list:
-        layers = [m for m in self.module_.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
-        if isinstance(self.mc_samples, bool) or not isinstance(self.mc_samples, (int, np.integer)) or self.mc_samples < 2:
-            raise ValueError(f"'mc_samples' must be 0 or an int >= 2. Got {self.mc_samples!r} instead.")
-        if not layers:
-            raise ValueError(
-                f"mc_samples={self.mc_samples} needs dropout in the module, and {type(self.module_).__name__} has "
-                "none active: pass module__dropout=0.2 (for example) to SegmentationNet."
-            )
-        return layers
-
-    def _bald(self, xb: torch.Tensor, dropouts: list) -> torch.Tensor:
-        """Per-sample mean over pixels of H(mean_t p) - mean_t H(p) over MC-dropout passes."""
-        import zlib
-
-        seed = zlib.crc32(xb[:, :, ::4, ::4].cpu().numpy().tobytes())
-        mean = None
-        entropy = None
-        with torch.random.fork_rng(devices=[xb.device] if xb.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for layer in dropouts:
-                layer.train()
-            try:
-                for _ in range(int(self.mc_samples)):
-                    with self._autocast():
-                        logits, _ = self.module_(xb)
-                    p = torch.softmax(logits.float(), dim=1)
-                    h = torch.special.entr(p).sum(dim=1)
-                    mean = p if mean is None else mean + p
-                    entropy = h if entropy is None else entropy + h
-            finally:
-                for layer in dropouts:
-                    layer.eval()
-        t = float(self.mc_samples)
-        mutual = torch.special.entr(mean / t).sum(dim=1) - entropy / t
-        return mutual.clamp_(min=0.0).mean(dim=(1, 2))
-
-    def _tta_disagreement(self, xb: torch.Tensor, proba: torch.Tensor) -> torch.Tensor:
-        """Per-sample variance of the probabilities over the dihedral views, summed over classes."""
-        views = range(8) if xb.shape[-1] == xb.shape[-2] else (0, 2, 4, 6)
-        mean = torch.zeros_like(proba)
-        square = torch.zeros_like(proba)
-        for k in views:
-            if k == 0:
-                p = proba
-            else:
-                with self._autocast():
-                    logits, _ = self.module_(_dihedral(xb, k))
-                p = _dihedral_inverse(torch.softmax(logits.float(), dim=1), k)
-            mean += p
-            square += p * p
-        n_views = len(views)
-        variance = (square / n_views - (mean / n_views) ** 2).clamp_(min=0.0)
-        return variance.sum(dim=1).mean(dim=(1, 2))
-
-    # ------------------------------------------------------------------ whole images
-
-    def _image_batches(self, images: Sequence, batch_size: int, method: str):
-        """Yield (indices, padded batch tensor, (h, w)) for images grouped by size, order kept."""
-        self._check_fitted(method)
-        images = list(images)
-        problems = []
-        if not images:
-            problems.append("'images' is empty; at least one image is needed.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            problems.append(f"'batch_size' must be an int >= 1; got {batch_size!r}.")
-        in_channels = self._module_attr("in_channels") or 3
-        for k, img in enumerate(images):
-            shape = np.shape(img)
-            if len(shape) != 3 or shape[2] != in_channels:
-                problems.append(
-                    f"image {k} has shape {shape}; expected (H, W, {in_channels}) (channels last)."
-                )
-            elif shape[0] == 0 or shape[1] == 0:
-                problems.append(f"image {k} is empty (shape {shape}).")
-        if problems:
-            raise ValueError(f"Invalid input to SegmentationNet.{method}: " + " ".join(problems))
-        multiple = self._module_attr("size_multiple") or 1
-        order = sorted(range(len(images)), key=lambda k: np.shape(images[k])[:2])
-        groups: list[list[int]] = []
-        for k in order:
-            if groups and np.shape(images[groups[-1][0]])[:2] == np.shape(images[k])[:2] and len(groups[-1]) < batch_size:
-                groups[-1].append(k)
-            else:
-                groups.append([k])
-        for group in groups:
-            h, w = np.shape(images[group[0]])[:2]
-            ph, pw = -h % multiple, -w % multiple
-            # numpy's reflect padding repeats the reflection when the pad exceeds the image side.
-            batch = np.stack([
-                np.pad(np.asarray(images[k]), ((0, ph), (0, pw), (0, 0)), mode="reflect")
-                if (ph or pw) else np.asarray(images[k])
-                for k in group
-            ])
-            yield group, self._to_input(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))), (h, w)
-
-    def predict_images(self, images: Sequence, *, batch_size: int = 1, return_descriptors: bool = False):
-        """Class probabilities of whole images of any size.
-
-        Each image is mirror-padded (reflect) at the bottom and right to a multiple of the
-        network's ``size_multiple``, predicted whole, and the prediction cropped back.
-
-        Parameters
-        ----------
-        images : sequence of ndarray of shape (H_k, W_k, 3), uint8
-        batch_size : int, default=1
-            Images of equal size are batched together, up to this many (on a 2-core CPU a batch
-            of 4 GlaS half-resolution images ran about 3x faster per pixel than one at a time).
-
-        Returns
-        -------
-        list of ndarray of shape (C, H_k, W_k), float32
-            In the order of ``images``.
-        descriptors : ndarray of shape (n_images, d), float32
-            Only with ``return_descriptors=True``: the channel-wise mean of the bottleneck over
-            each padded image, from the same forward pass (as in :meth:`score_images`).
-        """
-        self._check_fitted("predict_images")
-        images = list(images)
-        out: list = [None] * len(images)
-        descriptors = None
-        nonlin = self._get_predict_nonlinearity()
-        with torch.inference_mode():
-            for group, xb, (h, w) in self._image_batches(images, batch_size, "predict_images"):
-                self.module_.eval()
-                with self._autocast():
-                    logits, desc = self.module_(xb)
-                proba = nonlin(logits.float())[:, :, :h, :w].float().cpu().numpy()
-                for k, p in zip(group, proba):
-                    out[k] = np.ascontiguousarray(p)
-                if return_descriptors:
-                    if descriptors is None:
-                        descriptors = np.empty((len(images), desc.shape[1]), dtype=np.float32)
-                    descriptors[group] = desc.float().cpu().numpy()
-        return (out, descriptors) if return_descriptors else out
-
-    def score_images(self, images: Sequence, *, batch_size: int = 1) -> PoolScores:
-        """Uncertainty scores and descriptors of whole images of any size (image-level pools).
-
-        Parameters
-        ----------
-        images : sequence of ndarray of shape (H_k, W_k, 3), uint8
-        batch_size : int, default=1
-            Images of equal size are batched together, up to this many (on a 2-core CPU a batch
-            of 4 GlaS half-resolution images ran about 3x faster per pixel than one at a time).
-
-        Returns
-        -------
-        PoolScores
-            Per image: mean entropy, margin and least confidence over the image's own pixels
-            (padding excluded); descriptor = channel-wise mean of the bottleneck over the whole
-            padded image.
-        """
-        images = list(images)
-        n = len(images)
-        entropy = np.empty(n, dtype=np.float32)
-        margin = np.empty(n, dtype=np.float32)
-        least = np.empty(n, dtype=np.float32)
-        descriptors = None
-        with torch.inference_mode():
-            for group, xb, (h, w) in self._image_batches(images, batch_size, "score_images"):
-                self.module_.eval()
-                with self._autocast():
-                    logits, desc = self.module_(xb)
-                proba = torch.softmax(logits.float()[:, :, :h, :w], dim=1)
-                hh, m, lc = self._uncertainty(proba)
-                entropy[group] = hh.cpu().numpy()
-                margin[group] = m.cpu().numpy()
-                least[group] = lc.cpu().numpy()
-                if descriptors is None:
-                    descriptors = np.empty((n, desc.shape[1]), dtype=np.float32)
-                descriptors[group] = desc.float().cpu().numpy()
-        return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors)
-
-    def score_pool_from_images(
-        self, images: Sequence, image_index, coords, patch_size: int, *, batch_size: int = 4
-    ) -> PoolScores:
-        """Approximate :meth:`score_pool` of a patch pool from one pass over its whole images.
-
-        Each image is predicted once (mirror-padded at the bottom and right, as ``partition``
-        pads, then to the network's multiple); a patch's entropy, margin and least confidence
-        are the means of the whole-image pixel maps over its window (summed-area tables), and its
-        descriptor the mean of the bottleneck map over the cells its window covers. Not exact:
-        a patch's pixels see context beyond the patch, and windows not aligned to ``2**depth``
-        cells take the cells they overlap. ``score_pool`` (patch by patch) is the default.
-
-        Parameters
-        ----------
-        images : sequence of ndarray of shape (H_k, W_k, 3), uint8
-        image_index : array-like of shape (n_patches,), int
-            Index into ``images`` of each patch (``PatchStore.image_index``).
-        coords : array-like of shape (n_patches, 2), int
-            ``(y, x)`` top-left corner of each patch (``PatchStore.coords``).
-        patch_size : int
-            Side ``l`` of the patches.
-        batch_size : int, default=4
-            Images whose padded sizes are equal are run together, up to this many (on CPU a
-            batch of one image runs at a third of the speed per pixel of a batch of four).
-
-        Returns
-        -------
-        PoolScores
-            One row per patch, in the order of ``image_index``.
-        """
-        self._check_fitted("score_pool_from_images")
-        images = list(images)
-        image_index = np.asarray(image_index)
-        coords = np.asarray(coords)
-        problems = []
-        if not hasattr(self.module_, "forward_maps"):
-            problems.append(f"the module {type(self.module_).__name__} has no forward_maps(x) method.")
-        if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
-            problems.append(f"'patch_size' must be an int >= 1; got {patch_size!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            problems.append(f"'batch_size' must be an int >= 1; got {batch_size!r}.")
-        if image_index.ndim != 1 or not np.issubdtype(image_index.dtype, np.integer):
-            problems.append(f"'image_index' must be a 1-D int array; got {image_index.dtype} {image_index.shape}.")
-        elif len(image_index) == 0:
-            problems.append("'image_index' is empty.")
-        elif image_index.min() < 0 or image_index.max() >= len(images):
-            problems.append(f"'image_index' must lie in [0, {len(images)}); got [{image_index.min()}, {image_index.max()}].")
-        if coords.shape != (len(image_index), 2) or not np.issubdtype(coords.dtype, np.integer):
-            problems.append(f"'coords' must be an int array of shape ({len(image_index)}, 2); got {coords.dtype} {coords.shape}.")
-        elif len(coords) and coords.min() < 0:
-            problems.append("'coords' must be non-negative.")
-        if problems:
-            raise ValueError("Invalid input to SegmentationNet.score_pool_from_images: " + " ".join(problems))
-        n, l = len(image_index), int(patch_size)
-        multiple = self._module_attr("size_multiple") or 1
-        entropy = np.empty(n, dtype=np.float32)
-        margin = np.empty(n, dtype=np.float32)
-        least = np.empty(n, dtype=np.float32)
-        descriptors = None
-        # Padded size per image: cover every patch (as partition mirror-pads), then the multiple.
-        rows_of, shape_of = {}, {}
-        for k in np.unique(image_index):
-            rows = np.flatnonzero(image_index == k)
-            h, w = np.shape(images[k])[:2]
-            height = max(h, int(coords[rows, 0].max()) + l)
-            width = max(w, int(coords[rows, 1].max()) + l)
-            rows_of[k] = rows
-            shape_of[k] = (height + -height % multiple, width + -width % multiple)
-        groups: dict = {}
-        for k in rows_of:
-            groups.setdefault(shape_of[k], []).append(k)
-        self.module_.eval()
-        with torch.inference_mode():
-            for (height, width), members in groups.items():
-                for first in range(0, len(members), batch_size):
-                    chunk = members[first:first + batch_size]
-                    batch = np.stack([
-                        np.pad(np.asarray(images[k]), ((0, height - np.shape(images[k])[0]),
-                                                       (0, width - np.shape(images[k])[1]), (0, 0)), mode="reflect")
-                        for k in chunk
-                    ])
-                    x = self._to_input(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))))
-                    with self._autocast():
-                        logits, bottleneck = self.module_.forward_maps(x)
-                    proba = torch.softmax(logits.float(), dim=1)
-                    top = proba.topk(2, dim=1).values
-                    maps = torch.stack([torch.special.entr(proba).sum(dim=1), top[:, 0] - top[:, 1], 1.0 - top[:, 0]], dim=1)
-                    maps = maps.double().cpu()
-                    cells_all = bottleneck.double().cpu()
-                    for j, k in enumerate(chunk):
-                        rows = rows_of[k]
-                        ys, xs = coords[rows, 0], coords[rows, 1]
-                        sums = _window_sums(maps[j], ys, xs, ys + l, xs + l) / (l * l)
-                        entropy[rows], margin[rows], least[rows] = sums.float().numpy()
-                        y0, x0 = ys // multiple, xs // multiple
-                        y1, x1 = -(-(ys + l) // multiple), -(-(xs + l) // multiple)
-                        area = torch.as_tensor((y1 - y0) * (x1 - x0), dtype=torch.float64)
-                        desc = (_window_sums(cells_all[j], y0, x0, y1, x1) / area).T
-                        if descriptors is None:
-                            descriptors = np.empty((n, desc.shape[1]), dtype=np.float32)
-                        descriptors[rows] = desc.float().numpy()
-        return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors)
 
     # ------------------------------------------------------------------ weights
 

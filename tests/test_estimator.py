@@ -390,7 +390,7 @@ def test_pickle_round_trip_keeps_auto_device(fitted):
 
 
 def test_tta_disagreement_scores_view_dependence():
-    from focal_al.estimator import _dihedral, _dihedral_inverse
+    from focal_al.pool_scoring import dihedral as _dihedral, dihedral_inverse as _dihedral_inverse
 
     t = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     for k in range(8):
