@@ -255,6 +255,18 @@ def test_parallel_jobs_give_the_records_of_one_by_one_runs(protocol_bench, tmp_p
     assert (tmp_path / "report.md").is_file()
 
 
+
+def test_full_supervision_reports_progress(tmp_path):
+    from focal_al.bench.runner import full_supervision, prepare_data
+
+    config = tiny(tmp_path, full_supervision_epochs=4.0)
+    lines = []
+    result = full_supervision(config, prepare_data(config, tmp_path), tmp_path, report=lines.append)
+    steps = [line for line in lines if " step " in line]
+    assert result["train_steps"] >= 10 and len(steps) >= 5, lines
+    assert steps[0].startswith("[full supervision] step ") and "min left" in steps[0]
+    assert lines[-1].startswith("[full supervision]") and "Dice" in lines[-1]
+
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
 def test_jobs_must_be_a_positive_integer(tmp_path, jobs):
     with pytest.raises(ValueError, match="jobs"):

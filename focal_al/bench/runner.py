@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from skorch.callbacks import Callback
 
 from focal_al.bench.config import DEFAULT_GLAS_DIR, GRID, BenchConfig, BenchStrategy, resolve_strategy
 from focal_al.bench.records import atomic_write_json
@@ -614,6 +615,25 @@ def _versions() -> dict:
     return out
 
 
+class StepProgress(Callback):
+    """A skorch callback printing ``<what> step k/K, ~M min left`` about every tenth of ``total`` steps."""
+
+    def __init__(self, total: int, report: Callable[[str], None], what: str):
+        self.total, self.report, self.what = int(total), report, what
+
+    def initialize(self):
+        self.step_, self.start_ = 0, time.perf_counter()
+        return self
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        if not training:
+            return
+        self.step_ += 1
+        if self.step_ % max(1, self.total // 10) == 0 and self.step_ < self.total:
+            left = (time.perf_counter() - self.start_) / self.step_ * (self.total - self.step_)
+            self.report(f"{self.what} step {self.step_}/{self.total}, ~{left / 60:.1f} min left")
+
+
 def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, seed: int = 0,
                      report: Callable[[str], None] = lambda line: None) -> dict:
     """Train on every training patch for as many steps as a whole run takes; the curves' ceiling."""
@@ -631,7 +651,8 @@ def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, see
         epochs = config.full_supervision_epochs or config.epochs
         steps = steps_for(len(data.store), config.batch_size, epochs=epochs, min_steps=config.initial_train_steps)
     report(f"[full supervision] training {steps} steps on all {len(data.store)} patches ...")
-    net.set_params(random_state=_round_seed(seed, 0, 99), steps_per_epoch=steps, passes_per_epoch=None)
+    net.set_params(random_state=_round_seed(seed, 0, 99), steps_per_epoch=steps, passes_per_epoch=None,
+                   callbacks=[("progress", StepProgress(steps, report, "[full supervision]"))])
     seconds = train_on(net, data.store, np.arange(len(data.store)))
     result = {**evaluate(net, data.test), "train_steps": steps, "train_seconds": seconds, "seed": seed}
     atomic_write_json(path, result)
