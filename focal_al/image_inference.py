@@ -115,8 +115,7 @@ class WholeImageInference:
         ----------
         images : sequence of ndarray of shape (H_k, W_k, 3), uint8
         batch_size : int, default=1
-            Images of equal size are batched together, up to this many (on a 2-core CPU a batch
-            of 4 GlaS half-resolution images ran about 3x faster per pixel than one at a time).
+            As in :meth:`predict_images`.
 
         Returns
         -------

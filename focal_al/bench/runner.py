@@ -725,7 +725,7 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
         for seed in config.seeds:
             _existing_state(config, spec, seed, out_dir, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    report = _printer(quiet)
     data = prepare_data(config, out_dir)
     report(describe_data(data, config) + f" {len(specs)} strategies x {len(config.seeds)} seeds.")
     check_protocol_fits(config, data, specs)
@@ -756,6 +756,11 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     return path
 
 
+def _printer(quiet: bool) -> Callable[[str], None]:
+    """Where progress lines go: nowhere when ``quiet``, else stdout at once (workers share it)."""
+    return (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+
+
 def _job(config: BenchConfig, name: str | None, seed: int, out_dir: Path, resume: bool, quiet: bool) -> float:
     """One run (or full supervision when ``name`` is None) in a worker process; returns its seconds."""
     import torch
@@ -764,7 +769,7 @@ def _job(config: BenchConfig, name: str | None, seed: int, out_dir: Path, resume
         torch.set_num_threads(config.threads)
     start = time.perf_counter()
     data = prepare_data(config, out_dir)  # the parent built the patch cache: this opens it
-    report = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    report = _printer(quiet)
     if name is None:
         full_supervision(config, data, out_dir, seed=seed, report=report)
     else:
