@@ -52,7 +52,7 @@ def _csv(kind):
 @main.command()
 @click.option("--preset", type=click.Choice(["quick", "glas-cpu", "paper"]), default="quick", show_default=True,
               help="quick: built-in synthetic data, small net (~5 min on 2 CPU cores); glas-cpu: GlaS at half "
-                   "resolution (~15 min per strategy and seed); paper: full resolution, width 64 (GPU).")
+                   "resolution (40-55 min per strategy and seed on one thread); paper: full resolution, width 64 (GPU).")
 @click.option("--dataset", type=click.Choice(["synthetic", "glas", "folder"]), help="Data source.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="GlaS release folder (default: ../shared/data/glas).")
 @click.option("--split", type=click.Choice(["mixed", "testA", "testB"]),
@@ -146,6 +146,43 @@ def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, jobs,
         else:
             click.echo(run_bench(config, resume=resume, quiet=quiet, with_full_supervision=full_supervision, jobs=jobs))
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
+        raise click.ClickException(str(err)) from err
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--complete-only", is_flag=True,
+              help="Leave out the runs short of their budget (still running, or stopped): a report of the "
+                   "finished runs while others go on. The report names the runs left out.")
+@click.option("--query-figures/--no-query-figures", default=True, show_default=True,
+              help="Draw Fig. 6 (the areas queried), which reads the training images that the folder's "
+                   "config.json names.")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
+              help="Where the GlaS release is now, if not where config.json says (for Fig. 6).")
+def report(out_dir, complete_only, query_figures, data_dir):
+    """Rewrite the report, records and figures of a bench folder OUT_DIR from its runs, without running any."""
+    from pathlib import Path
+
+    from focal_al.bench.config import BenchConfig
+    from focal_al.bench.report import write_report
+    from focal_al.bench.runner import load_data
+
+    try:
+        images = masks = None
+        if query_figures:
+            path = Path(out_dir) / "config.json"
+            if not path.exists():
+                raise ValueError(f"{path} does not exist: Fig. 6 needs the configuration to read the training "
+                                 "images. Pass --no-query-figures to report without it.")
+            import dataclasses
+            import json
+
+            known = {f.name for f in dataclasses.fields(BenchConfig)}  # config.json adds jobs and versions
+            config = BenchConfig.from_dict({k: v for k, v in json.loads(path.read_text()).items() if k in known})
+            train, _ = load_data(config.replace(data_dir=data_dir))
+            images, masks = dict(zip(train.names, train.images)), dict(zip(train.names, train.masks))
+        click.echo(write_report(out_dir, query_images=images, query_masks=masks, complete_only=complete_only))
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         raise click.ClickException(str(err)) from err
 
 

@@ -6,6 +6,7 @@ network, 2 gradient steps per round) so that one run takes about a second.
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -522,3 +523,35 @@ def test_badge_runs_with_gradient_embeddings_and_is_refused_without(tmp_path):
     result = CliRunner().invoke(main, [*base, "--gradients", "--out-dir", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert len(read_json(tmp_path / "o" / "runs" / "badge-seed0" / "rounds.json")) >= 2
+
+
+def test_cli_report_rewrites_the_report_of_the_finished_runs_only(cli_bench, tmp_path):
+    out, _, result = cli_bench
+    assert result.exit_code == 0
+    copy = tmp_path / "bench"
+    shutil.copytree(out, copy)
+    # One run stopped halfway through: its rounds past the first are lost, as if still running.
+    rounds_path = copy / "runs" / "7-focannot-seed1" / "rounds.json"
+    rounds_path.write_text(json.dumps(read_json(rounds_path)[:1]))
+    (copy / "report.md").unlink()
+
+    result = CliRunner().invoke(main, ["report", str(copy), "--complete-only"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    records = read_json(copy / "records.json")
+    assert {(r["strategy"], r["seed"]) for r in records} == {
+        (k, s) for k in ("random-patch", "1-image-iu", "7-focannot") for s in (0, 1)} - {("7-focannot", 1)}
+    report = (copy / "report.md").read_text()
+    assert "In progress, left out of this report: 7 FocAnnot seed 1" in report
+    assert "queries-7-focannot-seed0" in report  # Fig. 6 read the images named by config.json
+
+    result = CliRunner().invoke(main, ["report", str(copy), "--no-query-figures"])
+    assert result.exit_code == 0, result.output
+    assert ("7-focannot", 1) in {(r["strategy"], r["seed"]) for r in read_json(copy / "records.json")}
+    assert "In progress" not in (copy / "report.md").read_text()
+
+
+def test_cli_report_names_what_is_missing(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code != 0 and "config.json" in result.output and "--no-query-figures" in result.output
+    result = CliRunner().invoke(main, ["report", str(tmp_path), "--no-query-figures"])
+    assert result.exit_code != 0 and "No round records" in result.output and "Traceback" not in result.output

@@ -326,3 +326,24 @@ def test_write_report_full(tmp_path, two_strategies):
 def test_write_report_without_records(tmp_path):
     with pytest.raises(ValueError, match="No round records"):
         write_report(tmp_path)
+
+
+def test_complete_only_reports_the_runs_at_their_budget(tmp_path):
+    write_run(tmp_path, make_run("a", 0, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]))
+    write_run(tmp_path, make_run("a", 1, [0.1, 0.2], [0.5, 0.6]))  # still running
+    short = write_run(tmp_path, make_run("b", 0, [0.1, 0.2], [0.5, 0.55]))
+    (short / "state.json").write_text(json.dumps({"exhausted": True}))  # ran out of pool: finished
+    with pytest.raises(ValueError, match=r"budget of run a seed 0 is unknown.*config\.json"):
+        write_report(tmp_path, complete_only=True)
+    (tmp_path / "config.json").write_text(json.dumps({"budget": 0.3}))
+    text = write_report(tmp_path, complete_only=True).read_text()
+    assert "In progress, left out of this report: a seed 1 (at 20.0 %)" in text
+    assert {(r["strategy"], r["seed"]) for r in json.loads((tmp_path / "records.json").read_text())} == {("a", 0), ("b", 0)}
+    # A run's own configuration overrides the folder's (the last invocation's).
+    (tmp_path / "runs" / "a-seed1" / "config.json").write_text(json.dumps({"budget": 0.2}))
+    assert "In progress" not in write_report(tmp_path, complete_only=True).read_text()
+    (tmp_path / "config.json").write_text(json.dumps({"budget": 0.5}))
+    (tmp_path / "runs" / "a-seed1" / "config.json").unlink()
+    (short / "state.json").unlink()
+    with pytest.raises(ValueError, match="No run .* has reached its budget"):
+        write_report(tmp_path, complete_only=True)

@@ -508,6 +508,7 @@ def render_report(
     figures: Mapping[str, str | os.PathLike] | None,
     comparison: Sequence[dict] = (),
     noise: Mapping | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
     """The bench report as Markdown.
 
@@ -527,6 +528,8 @@ def render_report(
         Rows of :func:`focal_al.bench.stats.paired_comparison` (shown first).
     noise : mapping, optional
         :func:`focal_al.bench.stats.curve_noise`.
+    notes : sequence of str
+        Notes shown first under "Notes" (e.g. which runs the report leaves out).
 
     Returns
     -------
@@ -609,7 +612,7 @@ def render_report(
             lines += [f"![{caption}]({Path(path).as_posix()})", "", f"*{caption}*", ""]
         lines.pop()
 
-    notes = []
+    notes = list(notes)
     if fs_below:
         notes.append(
             f"Full supervision (Dice {full_supervision['dice']:.3f}) lies below the curves (best final Dice "
@@ -679,6 +682,7 @@ def write_report(
     query_images: Mapping[str, np.ndarray] | None = None,
     query_masks: Mapping[str, np.ndarray] | None = None,
     n_query_images: int = 2,
+    complete_only: bool = False,
 ) -> Path:
     """Write records, summary, figures and ``report.md`` for a bench output directory.
 
@@ -699,6 +703,9 @@ def write_report(
         Masks by image name, drawn as contours on the Fig. 6 images.
     n_query_images : int, default=2
         How many images per strategy Fig. 6 shows.
+    complete_only : bool, default=False
+        Report only the runs that reached their budget (or ran out of pool): a report of the
+        finished runs while others go on. The runs left out are named in the report's notes.
 
     Returns
     -------
@@ -708,7 +715,8 @@ def write_report(
     Raises
     ------
     ValueError
-        If no round is recorded yet, or an input file is malformed (the message names it).
+        If no round is recorded yet (no complete run, with ``complete_only``), a run's budget is
+        unknown with ``complete_only``, or an input file is malformed (the message names it).
     """
     from focal_al.bench import figures as fig
 
@@ -717,6 +725,15 @@ def write_report(
     if not records:
         raise ValueError(f"No round records under {out_dir / 'runs'}/*/rounds.json; nothing to report.")
     config = _read_optional_json(out_dir / "config.json")
+    left_out = unfinished_runs(out_dir, records, config) if complete_only else {}
+    labels = {r["strategy"]: r["label"] for r in records}
+    records = [r for r in records if (r["strategy"], r["seed"]) not in left_out]
+    if not records:
+        raise ValueError(f"No run under {out_dir / 'runs'} has reached its budget yet; nothing to report "
+                         "with complete_only (--complete-only).")
+    notes = ["In progress, left out of this report: " + ", ".join(
+        f"{labels[s]} seed {seed} (at {100 * cost:.1f} %)" for (s, seed), cost in sorted(left_out.items()))] \
+        if left_out else []
     full_supervision = _read_optional_json(out_dir / "full_supervision.json")
     write_records(out_dir, records)
     # Only the budgets some run reached: a column no run can fill says nothing.
@@ -749,7 +766,7 @@ def write_report(
     if path is not None:
         figures["Fig. 5: mean cluster uncertainty and cluster diversity per round"] = path
     if query_images:
-        queries = load_queries(out_dir)
+        queries = {run: q for run, q in load_queries(out_dir).items() if run not in left_out}
         labels = {r["strategy"]: r["label"] for r in rows}
         # The lowest seed of every patch-level strategy, on the same images for every strategy:
         # the images the strategies queried most patches from, all together.
@@ -780,9 +797,38 @@ def write_report(
     text = render_report(
         rows, config=config, full_supervision=full_supervision,
         figures={caption: p.relative_to(out_dir) for caption, p in figures.items()},
-        comparison=comparison, noise=noise,
+        comparison=comparison, noise=noise, notes=notes,
     )
     return atomic_write_text(out_dir / "report.md", text)
+
+
+def unfinished_runs(out_dir: str | os.PathLike, records: Sequence[dict], config: Mapping | None) -> dict:
+    """The runs of ``records`` short of their budget that still have pool left: ``(strategy, seed) -> cost``.
+
+    A run's budget is read from its own ``runs/<strategy>-seed<seed>/config.json``, else from the
+    folder's ``config.json`` (``config``); a run whose ``state.json`` says it ran out of pool is finished.
+
+    Raises
+    ------
+    ValueError
+        If a run's budget is found in neither configuration.
+    """
+    out_dir = Path(out_dir)
+    last = {}
+    for record in records:
+        run = (record["strategy"], record["seed"])
+        if run not in last or record["round"] > last[run]["round"]:
+            last[run] = record
+    unfinished = {}
+    for (strategy, seed), record in sorted(last.items()):
+        run_dir = out_dir / "runs" / f"{strategy}-seed{seed}"
+        budget = (_read_optional_json(run_dir / "config.json") or config or {}).get("budget")
+        if not isinstance(budget, (int, float)):
+            raise ValueError(f"The budget of run {strategy} seed {seed} is unknown: neither {run_dir / 'config.json'} "
+                             f"nor {out_dir / 'config.json'} gives one, so it cannot be told finished or not.")
+        if record["cost"] < budget - 1e-9 and not (_read_optional_json(run_dir / "state.json") or {}).get("exhausted"):
+            unfinished[(strategy, seed)] = float(record["cost"])
+    return unfinished
 
 
 def _json_safe(obj):
