@@ -347,3 +347,22 @@ def test_complete_only_reports_the_runs_at_their_budget(tmp_path):
     (short / "state.json").unlink()
     with pytest.raises(ValueError, match="No run .* has reached its budget"):
         write_report(tmp_path, complete_only=True)
+
+
+def test_report_gives_the_seconds_per_round():
+    records = make_run("a", 0, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]) + make_run("a", 1, [0.1, 0.2], [0.5, 0.6])
+    records[1]["query_seconds"] = 3.0  # seed 0's first query round; the median of 0.1, 0.1, 3.0 stays 0.1
+    records[0]["train_seconds"] = 100.0  # round 0 counts in the run's minutes only
+    for r in records:
+        r["threads"] = 1
+    (row,) = summarize(records)
+    timing = row["timing"]
+    assert timing["query_seconds"] == pytest.approx(0.1) and timing["train_seconds"] == pytest.approx(1.0)
+    assert timing["run_minutes"] == pytest.approx(((100 + 2 * 1.0) + (0.1 + 3.0 + 0.1) + 3 * 0.2 + 2 * 1.3) / 2 / 60)
+    assert timing["threads"] == [1]
+    text = render_report([row], config=None, full_supervision=None, figures=None)
+    assert "| a | 3 | 0 | 1 | 0 | 0.9 | 1 |" in text
+    del records[2]["eval_seconds"]  # older records without timings: no table, no crash
+    (row,) = summarize(records)
+    assert row["timing"]["run_minutes"] is None
+    assert "Query s / round" not in render_report([row], config=None, full_supervision=None, figures=None)

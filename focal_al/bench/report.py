@@ -313,7 +313,9 @@ def summarize(
         ``dice_at`` (list of ``{"budget", "mean", "std"}``; NaN where not every seed reaches the
         budget); ``cost_to_95_fs`` and ``cost_within_1pt_fs`` (first cost at which the mean Dice
         curve reaches 0.95 x and full-supervision Dice - 0.01; None if never or no full
-        supervision); ``cost_saved_vs_reference`` (see Notes) and ``notes`` (list of str).
+        supervision); ``cost_saved_vs_reference`` (see Notes); ``timing`` (median ``query_seconds``,
+        ``train_seconds`` and ``eval_seconds`` of the query rounds, ``run_minutes`` per seed, ``threads``)
+        and ``notes`` (list of str).
 
     Notes
     -----
@@ -404,10 +406,27 @@ def summarize(
                 "cost_saved_vs_reference": saved,
                 "reference": reference if ref_cost else None,
                 "reference_target_dice": ref_target if ref_cost else None,
+                "timing": _timing([by_seed[s] for s in seeds]),
                 "notes": notes,
             }
         )
     return sorted(rows, key=lambda r: (r["label"], r["strategy"]))
+
+
+def _timing(runs: Sequence[Sequence[dict]]) -> dict:
+    """Median seconds per query round (round 0 left out), minutes per run (mean over seeds), threads.
+
+    Values are None where a record has no timing (records written before timings were kept).
+    """
+    def median(key):
+        values = [r.get(key) for run in runs for r in run if r["round"] > 0]
+        return None if not values or any(v is None for v in values) else float(np.median(values))
+
+    totals = [[r.get(k) for r in run for k in ("train_seconds", "query_seconds", "eval_seconds")] for run in runs]
+    minutes = None if any(v is None for t in totals for v in t) else float(np.mean([sum(t) for t in totals])) / 60
+    threads = sorted({r["threads"] for run in runs for r in run if r.get("threads") is not None})
+    return {"query_seconds": median("query_seconds"), "train_seconds": median("train_seconds"),
+            "eval_seconds": median("eval_seconds"), "run_minutes": minutes, "threads": threads}
 
 
 def _fmt(mean: float | None, std: float | None = None, digits: int = 3) -> str:
@@ -595,6 +614,7 @@ def render_report(
                    if full_supervision.get("train_steps") else "")
                 + f". Targets: 95 % of FS Dice = {0.95 * fs:.3f}; within 1 point = {fs - 0.01:.3f}.",
             ]
+        lines += _timing_table(rows)
         if reference:
             target = next(r["reference_target_dice"] for r in rows if r.get("reference"))
             lines += [
@@ -657,6 +677,29 @@ def render_report(
         if versions:
             lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()]
     return "\n".join(lines) + "\n"
+
+
+def _timing_table(rows: Sequence[dict]) -> list[str]:
+    """Markdown lines of the seconds each strategy spends per round; none if no row has timings."""
+    timed = [r for r in rows if r.get("timing") and r["timing"]["run_minutes"] is not None]
+    if not timed:
+        return []
+
+    def seconds(value):
+        return "–" if value is None else f"{value:.0f}"
+
+    lines = ["", "| Strategy | Rounds | Query s / round | Training s / round | Evaluation s / round | "
+                 "Minutes per run | Threads |", "|---|---|---|---|---|---|---|"]
+    for r in timed:
+        t = r["timing"]
+        lines.append(f"| {_cell(r['label'])} | {r['n_rounds']} | {seconds(t['query_seconds'])} | "
+                     f"{seconds(t['train_seconds'])} | {seconds(t['eval_seconds'])} | {t['run_minutes']:.1f} | "
+                     f"{', '.join(map(str, t['threads'])) or '–'} |")
+    lines += ["", "Wall-clock time, as measured while the runs ran: medians over the query rounds of every seed "
+                  "(query: the round's scoring pass and selection; training: the round's gradient steps), and "
+                  "the whole run including round 0, mean over seeds. Other work on the machine at the time "
+                  "lengthens them."]
+    return lines
 
 
 def _read_optional_json(path: Path) -> dict | None:
