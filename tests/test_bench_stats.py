@@ -86,3 +86,16 @@ def test_unfinished_note_only_for_runs_short_of_the_budget():
     short = done + run("iu-id", 0, BASE[:3], costs=(0.025, 0.05, 0.1))
     text = render_report(summarize(short), config={"budget": 0.3}, full_supervision=None, figures=None)
     assert "Not at the 30 % budget yet (unfinished, or the pool ran out): iu-id;" in text
+
+
+def test_curve_noise_per_strategy_in_the_report():
+    recs = run("random-patch", 0, [0.5, 0.7, 0.65, 0.8, 0.8]) + run("random-patch", 1, [0.5, 0.6, 0.7, 0.8, 0.9])
+    recs += run("iu", 0, [0.5, 0.8, 0.6, 0.8, 0.8])
+    noise = curve_noise(recs)
+    assert noise["per_strategy"]["random-patch"]["largest_fall"] == pytest.approx(0.05)
+    assert noise["per_strategy"]["iu"]["mean_fall"] == pytest.approx(0.2 / 4)
+    assert noise["largest_fall"] == pytest.approx(0.2) and noise["largest_fall_at"] == "iu seed 0, round 1 -> 2"
+    text = render_report(summarize(recs), config=None, full_supervision=None, figures=None,
+                         comparison=paired_comparison(recs), noise=noise)
+    assert "| iu | 0.0500 | 0.200 (seed 0, round 1 -> 2) | – | – | – |" in text
+    assert "| random-patch | 0.006" in text and "| 0.050 (seed 0, round 1 -> 2) | 0.035 |" in text

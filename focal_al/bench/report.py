@@ -505,17 +505,20 @@ def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, base
         ]
     if noise:
         budgets = sorted({b for stds in noise["seed_std"].values() for b in stds})
+        header = ["Strategy", "Mean fall", "Largest fall (where)"] + [f"Seed sd @ {100 * b:g} %" for b in budgets]
         lines += ["## Curve noise", "",
-                  f"- Mean fall of Dice between consecutive rounds: {noise['mean_fall']:.4f}; largest fall "
+                  f"Over all runs: mean fall of Dice between consecutive rounds {noise['mean_fall']:.4f}, largest "
                   f"{noise['largest_fall']:.3f}" + (f" ({noise['largest_fall_at']})." if noise["largest_fall_at"] else "."),
-                  "- Seed standard deviation of Dice: " + "; ".join(
-                      f"{s}: " + ", ".join(f"{100 * b:g} % {v:.3f}" for b, v in stds.items() if np.isfinite(v))
-                      for s, stds in noise["seed_std"].items()
-                      if any(np.isfinite(v) for v in stds.values())) + ".",
-                  ""]
-        if not any(np.isfinite(v) for stds in noise["seed_std"].values() for v in stds.values()):
-            lines[-2] = "- Seed standard deviation of Dice: needs at least two seeds reaching " + ", ".join(
-                f"{100 * b:g} %" for b in budgets) + "."
+                  "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for strategy, own in noise.get("per_strategy", {}).items():
+            stds = noise["seed_std"].get(strategy, {})
+            cells = [_cell(own["label"]), f"{own['mean_fall']:.4f}", f"{own['largest_fall']:.3f}"
+                     + (f" ({own['largest_fall_at']})" if own["largest_fall_at"] else "")]
+            cells += [f"{stds[b]:.3f}" if np.isfinite(stds.get(b, math.nan)) else "–" for b in budgets]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "A fall is how much the Dice drops from one round to the next (0 when it rises); the seed sd is "
+                      "the sample standard deviation over seeds of the Dice at a budget (– : fewer than two seeds "
+                      "reached it).", ""]
     return lines
 
 

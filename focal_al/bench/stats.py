@@ -122,19 +122,31 @@ def curve_noise(records: Sequence[dict], *, budgets: Sequence[float] = (0.1, 0.2
     -------
     dict
         ``mean_fall`` (mean over all consecutive-round pairs of all runs of ``max(0, Dice_r -
-        Dice_{r+1})``), ``largest_fall`` (and where: ``largest_fall_at``), and ``seed_std``: per
+        Dice_{r+1})``), ``largest_fall`` (and where: ``largest_fall_at``), ``seed_std``: per
         strategy, the sample std over seeds of the Dice at each budget (NaN where fewer than two
-        seeds reached it).
+        seeds reached it), and ``per_strategy``: per strategy, its ``label``, ``mean_fall``,
+        ``largest_fall`` and ``largest_fall_at`` over its own runs.
     """
-    falls, worst, where = [], 0.0, None
-    seed_std = {}
-    for strategy, by_seed in sorted(_runs(records).items()):
+    def falls_of(by_seed, prefix=""):
+        falls, worst, where = [], 0.0, None
         for seed, run in by_seed.items():
             dice = [r["dice"] for r in run]
             for r, (a, b) in enumerate(zip(dice, dice[1:])):
                 falls.append(max(0.0, a - b))
                 if a - b > worst:
-                    worst, where = a - b, f"{strategy} seed {seed}, round {r} -> {r + 1}"
+                    worst, where = a - b, f"{prefix}seed {seed}, round {r} -> {r + 1}"
+        return falls, worst, where
+
+    falls, worst, where = [], 0.0, None
+    seed_std, per_strategy = {}, {}
+    for strategy, by_seed in sorted(_runs(records).items()):
+        own, own_worst, own_where = falls_of(by_seed)
+        per_strategy[strategy] = {"label": next(iter(by_seed.values()))[0].get("label", strategy),
+                                  "mean_fall": float(np.mean(own)) if own else math.nan,
+                                  "largest_fall": float(own_worst), "largest_fall_at": own_where}
+        falls += own
+        if own_worst > worst:
+            worst, where = own_worst, f"{strategy} {own_where}"
         grid = np.asarray(budgets, dtype=float)
         values = np.array([_interp(grid, *_series(run, "dice")) for run in by_seed.values()])
         stds = []
@@ -143,4 +155,4 @@ def curve_noise(records: Sequence[dict], *, budgets: Sequence[float] = (0.1, 0.2
             stds.append(float(np.std(col, ddof=1)) if len(col) >= 2 else math.nan)
         seed_std[strategy] = dict(zip(budgets, stds))
     return {"mean_fall": float(np.mean(falls)) if falls else math.nan, "largest_fall": float(worst),
-            "largest_fall_at": where, "seed_std": seed_std}
+            "largest_fall_at": where, "seed_std": seed_std, "per_strategy": per_strategy}
