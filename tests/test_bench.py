@@ -555,3 +555,13 @@ def test_cli_report_names_what_is_missing(tmp_path):
     assert result.exit_code != 0 and "config.json" in result.output and "--no-query-figures" in result.output
     result = CliRunner().invoke(main, ["report", str(tmp_path), "--no-query-figures"])
     assert result.exit_code != 0 and "No round records" in result.output and "Traceback" not in result.output
+
+
+def test_the_total_time_left_falls_while_a_run_goes_on():
+    from focal_al.bench.runner import _seconds_left
+
+    assert _seconds_left([], 3, 1, 10.0) is None  # nothing measured yet
+    # Two runs of 60 s done; run 3 of 4 has run 20 s: 40 s of it and 60 s of run 4 are left.
+    assert _seconds_left([50.0, 70.0], 4, 3, 20.0) == pytest.approx(100.0)
+    assert _seconds_left([50.0, 70.0], 4, 3, 50.0) == pytest.approx(70.0)
+    assert _seconds_left([60.0], 2, 2, 90.0) == 0.0  # longer than usual: never negative

@@ -735,17 +735,19 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     if jobs == 1:
         if with_full_supervision:
             full_supervision(config, data, out_dir, report=report)
-        durations = []
+        durations = []  # of the runs that trained (a finished run found on resume takes no time)
         for k, (name, seed) in enumerate(runs, start=1):
-            def run_report(line, k=k):
-                left = ""
-                if durations:
-                    left = f"; ~{np.mean(durations) * (len(runs) - k + 1) / 60:.0f} min left in all {len(runs)} runs"
+            start, worked = time.perf_counter(), []
+
+            def run_report(line, k=k, start=start, worked=worked):
+                worked.append(True)
+                seconds = _seconds_left(durations, len(runs), k, time.perf_counter() - start)
+                left = "" if seconds is None else f"; ~{seconds / 60:.0f} min left in all {len(runs)} runs"
                 report(f"run {k}/{len(runs)} {line}{left}")
 
-            start = time.perf_counter()
             run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume, report=run_report)
-            durations.append(time.perf_counter() - start)
+            if worked:
+                durations.append(time.perf_counter() - start)
     else:
         _run_in_parallel(config, runs, out_dir, resume=resume, quiet=quiet, jobs=jobs,
                          with_full_supervision=with_full_supervision, report=report)
@@ -754,6 +756,18 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
                         query_masks=dict(zip(data.train.names, data.train.masks)))
     report(f"Report: {path}")
     return path
+
+
+def _seconds_left(durations: list[float], n_runs: int, k: int, elapsed: float) -> float | None:
+    """Seconds left in all ``n_runs`` runs while run ``k`` (from 1) has run ``elapsed`` seconds.
+
+    The runs after it take the mean of ``durations`` (runs already done) each, and run ``k`` what
+    it has left of that mean; None before any run is done.
+    """
+    if not durations:
+        return None
+    mean = float(np.mean(durations))
+    return mean * (n_runs - k) + max(0.0, mean - elapsed)
 
 
 def _printer(quiet: bool) -> Callable[[str], None]:
