@@ -161,27 +161,10 @@ def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, jobs,
               help="Where the GlaS release is now, if not where config.json says (for Fig. 6).")
 def report(out_dir, complete_only, query_figures, data_dir):
     """Rewrite the report, records and figures of a bench folder OUT_DIR from its runs, without running any."""
-    from pathlib import Path
-
-    from focal_al.bench.config import BenchConfig
-    from focal_al.bench.report import write_report
-    from focal_al.bench.runner import load_data
+    from focal_al.bench.runner import rewrite_report
 
     try:
-        images = masks = None
-        if query_figures:
-            path = Path(out_dir) / "config.json"
-            if not path.exists():
-                raise ValueError(f"{path} does not exist: Fig. 6 needs the configuration to read the training "
-                                 "images. Pass --no-query-figures to report without it.")
-            import dataclasses
-            import json
-
-            known = {f.name for f in dataclasses.fields(BenchConfig)}  # config.json adds jobs and versions
-            config = BenchConfig.from_dict({k: v for k, v in json.loads(path.read_text()).items() if k in known})
-            train, _ = load_data(config.replace(data_dir=data_dir))
-            images, masks = dict(zip(train.names, train.images)), dict(zip(train.names, train.masks))
-        click.echo(write_report(out_dir, query_images=images, query_masks=masks, complete_only=complete_only))
+        click.echo(rewrite_report(out_dir, complete_only=complete_only, query_figures=query_figures, data_dir=data_dir))
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         raise click.ClickException(str(err)) from err
 

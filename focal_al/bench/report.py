@@ -772,13 +772,13 @@ def write_report(
         raise ValueError(f"No round records under {out_dir / 'runs'}/*/rounds.json; nothing to report.")
     config = _read_optional_json(out_dir / "config.json")
     left_out = unfinished_runs(out_dir, records, config) if complete_only else {}
-    labels = {r["strategy"]: r["label"] for r in records}
+    left_out_labels = {r["strategy"]: r["label"] for r in records}
     records = [r for r in records if (r["strategy"], r["seed"]) not in left_out]
     if not records:
         raise ValueError(f"No run under {out_dir / 'runs'} has reached its budget yet; nothing to report "
                          "with complete_only (--complete-only).")
     notes = ["In progress, left out of this report: " + ", ".join(
-        f"{labels[s]} seed {seed} (at {100 * cost:.1f} %)" for (s, seed), cost in sorted(left_out.items()))] \
+        f"{left_out_labels[s]} seed {seed} (at {100 * cost:.1f} %)" for (s, seed), cost in sorted(left_out.items()))] \
         if left_out else []
     full_supervision = _read_optional_json(out_dir / "full_supervision.json")
     write_records(out_dir, records)
@@ -860,11 +860,7 @@ def unfinished_runs(out_dir: str | os.PathLike, records: Sequence[dict], config:
         If a run's budget is found in neither configuration.
     """
     out_dir = Path(out_dir)
-    last = {}
-    for record in records:
-        run = (record["strategy"], record["seed"])
-        if run not in last or record["round"] > last[run]["round"]:
-            last[run] = record
+    last = {(strategy, seed): run[-1] for strategy, by_seed in _runs(records).items() for seed, run in by_seed.items()}
     unfinished = {}
     for (strategy, seed), record in sorted(last.items()):
         run_dir = out_dir / "runs" / f"{strategy}-seed{seed}"

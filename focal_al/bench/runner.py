@@ -758,6 +758,29 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     return path
 
 
+def rewrite_report(out_dir: str | Path, *, complete_only: bool = False, query_figures: bool = True,
+                   data_dir: str | None = None) -> Path:
+    """Rewrite a bench folder's report from its runs, without running any (``focal-al report``).
+
+    With ``query_figures`` the training images for Fig. 6 are read as the folder's ``config.json``
+    names them (GlaS from ``data_dir`` when given). ``complete_only``: see
+    :func:`focal_al.bench.report.write_report`.
+    """
+    from focal_al.bench.report import write_report
+
+    images = masks = None
+    if query_figures:
+        path = Path(out_dir) / "config.json"
+        if not path.exists():
+            raise ValueError(f"{path} does not exist: Fig. 6 needs the configuration to read the training "
+                             "images. Pass --no-query-figures to report without it.")
+        known = {f.name for f in dataclasses.fields(BenchConfig)}  # config.json adds jobs and versions
+        config = BenchConfig.from_dict({k: v for k, v in json.loads(path.read_text()).items() if k in known})
+        train, _ = load_data(config.replace(data_dir=data_dir))
+        images, masks = dict(zip(train.names, train.images)), dict(zip(train.names, train.masks))
+    return write_report(out_dir, query_images=images, query_masks=masks, complete_only=complete_only)
+
+
 def _seconds_left(durations: list[float], n_runs: int, k: int, elapsed: float) -> float | None:
     """Seconds left in all ``n_runs`` runs while run ``k`` (from 1) has run ``elapsed`` seconds.
 

@@ -127,14 +127,14 @@ def curve_noise(records: Sequence[dict], *, budgets: Sequence[float] = (0.1, 0.2
         seeds reached it), and ``per_strategy``: per strategy, its ``label``, ``mean_fall``,
         ``largest_fall`` and ``largest_fall_at`` over its own runs.
     """
-    def falls_of(by_seed, prefix=""):
+    def falls_of(by_seed):
         falls, worst, where = [], 0.0, None
         for seed, run in by_seed.items():
             dice = [r["dice"] for r in run]
             for r, (a, b) in enumerate(zip(dice, dice[1:])):
                 falls.append(max(0.0, a - b))
                 if a - b > worst:
-                    worst, where = a - b, f"{prefix}seed {seed}, round {r} -> {r + 1}"
+                    worst, where = a - b, f"seed {seed}, round {r} -> {r + 1}"
         return falls, worst, where
 
     falls, worst, where = [], 0.0, None
