@@ -7,18 +7,28 @@
 #   nohup bash benchmarks/glas_cpu_queue.sh 1 random-image > /tmp/queue-b.log 2>&1 &
 #
 # AFTER=<pid> waits for that process to end first. GLAS=<dir> is the GlaS release (default
-# ../shared/data/glas). Never queue the same strategy in two queues: two processes would write one run.
+# ../shared/data/glas). OUT=<dir> another bench folder (default benchmarks/results/glas-cpu);
+# FLAGS="..." adds bench options that the strategies need and that leave training as it is, e.g.
+#
+#   FLAGS=--gradients bash benchmarks/glas_cpu_queue.sh badge
+#   FLAGS=--tta bash benchmarks/glas_cpu_queue.sh 'iu(uncertainty=tta)'
+#   OUT=benchmarks/results/glas-cpu-dropout FLAGS="--dropout 0.2 --mc-samples 8" \
+#       bash benchmarks/glas_cpu_queue.sh random-patch 'iu(uncertainty=bald)'   # dropout changes the net
+#
+# Never queue the same strategy into one folder from two queues: two processes would write one run.
 set -u
 cd "$(dirname "$0")/.."
 GLAS=${GLAS:-../shared/data/glas}
-OUT=benchmarks/results/glas-cpu
+OUT=${OUT:-benchmarks/results/glas-cpu}
+FLAGS=${FLAGS:-}
 if [ -n "${AFTER:-}" ]; then
     while kill -0 "$AFTER" 2>/dev/null; do sleep 30; done
 fi
 for strategy in "$@"; do
     echo "$(date -u '+%F %H:%M') start $strategy"
+    # shellcheck disable=SC2086  # FLAGS is a list of options
     focal-al bench --preset glas-cpu --data-dir "$GLAS" --strategies "$strategy" --seeds 0,1,2 --threads 1 \
-        --no-full-supervision --out-dir "$OUT" --resume
+        --no-full-supervision --out-dir "$OUT" --resume $FLAGS
     status=$?
     echo "$(date -u '+%F %H:%M') end $strategy (exit $status)"
 done
