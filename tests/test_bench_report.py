@@ -188,6 +188,14 @@ def test_render_report_contains_the_table(two_strategies):
     assert "![Fig. 4](figures/learning-curves-dice.png)" in text
     assert "- torch: 2.13.0" in text
     assert "1 IU: one seed only: no spread over seeds." in text
+    assert "Cost saved vs 1-image-iu" in text
+
+
+def test_render_report_without_reference_has_no_cost_saved_column():
+    rows = summarize(make_run("random-patch", 0, [0.1, 0.2], [0.5, 0.6]) + make_run("7", 0, [0.1, 0.2], [0.5, 0.7]))
+    text = render_report(rows, config={"budget": 0.2}, full_supervision={"dice": 0.9}, figures={})
+    assert "Cost saved" not in text.split("## Results")[1].split("\n\n")[1]  # not in the table
+    assert "No 1-image-iu runs: cost saved against image-level IU is not reported." in text
 
 
 # --- records ----------------------------------------------------------------------------------
