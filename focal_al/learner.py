@@ -394,6 +394,7 @@ class PatchActiveLearner(BaseLearner):
             self.labelled_, self.y_labelled_, self.train_rows_, self.revealed_, self._pool = snapshot
             raise
         return self
+
     def _check_some_labels(self, idx: np.ndarray, y_new: np.ndarray, *, given: bool) -> None:
         ignore = getattr(self.estimator, "ignore_index", 255)
         if y_new.size and np.issubdtype(y_new.dtype, np.integer) and bool(np.all(y_new == ignore)):
