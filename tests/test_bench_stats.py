@@ -99,3 +99,16 @@ def test_curve_noise_per_strategy_in_the_report():
                          comparison=paired_comparison(recs), noise=noise)
     assert "| iu | 0.0500 | 0.200 (seed 0, round 1 -> 2) | – | – | – |" in text
     assert "| random-patch | 0.006" in text and "| 0.050 (seed 0, round 1 -> 2) | 0.035 |" in text
+
+
+def test_report_names_each_pairs_cost_range_when_they_differ():
+    recs = records({"good": lambda s: 0.05})
+    recs += [r for s in range(3) for r in run("late", s, [v + 0.01 for v in BASE[1:]], costs=(0.05, 0.1, 0.2, 0.3))]
+    comparison = paired_comparison(recs)
+    text = render_report(summarize(recs), config=None, full_supervision=None, figures=None,
+                         comparison=comparison, noise=None)
+    assert "covers: 2.5–30.0 % for good; 5.0–30.0 % for late)" in text
+    same = paired_comparison(records({"good": lambda s: 0.05, "bad": lambda s: -0.05}))
+    text = render_report(summarize(recs), config=None, full_supervision=None, figures=None,
+                         comparison=same, noise=None)
+    assert "covers: 2.5–30.0 %)" in text

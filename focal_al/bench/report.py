@@ -480,12 +480,23 @@ def _fmt_interval(iv: Mapping, digits: int = 3) -> str:
     return f"{iv['mean']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
 
 
+def _ranges(comparison: Sequence[dict]) -> str:
+    """The AUBC cost ranges of the paired comparisons: one, or each with the strategies that share it."""
+    by_range: dict[tuple, list[str]] = {}
+    for c in comparison:
+        lo, hi = c["aubc_range"]
+        by_range.setdefault((f"{100 * lo:.1f}", f"{100 * hi:.1f}"), []).append(c["label"])
+    if len(by_range) == 1:
+        ((lo, hi),) = by_range
+        return f"{lo}–{hi} %"
+    return "; ".join(f"{lo}–{hi} % for {', '.join(labels)}" for (lo, hi), labels in by_range.items())
+
+
 def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, baseline_label: str) -> list[str]:
     """Markdown lines: the verdict table against the baseline, then the curves' noise."""
     lines = []
     if comparison:
         budgets = [d["budget"] for d in comparison[0]["dice_at"]]
-        lo, hi = comparison[0]["aubc_range"]
         header = ["Strategy", f"Against {baseline_label}", "Seeds", "Δ AUBC [95 % CI]"]
         header += [f"Δ Dice @ {100 * b:g} %" for b in budgets]
         lines += [f"## Which strategy? Paired comparison with {baseline_label}", "",
@@ -498,8 +509,8 @@ def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, base
             "",
             f"Each strategy's runs are paired with {baseline_label}'s of the same seed (same initial labelled "
             "set). Δ is strategy minus baseline, averaged over seeds, with a two-sided 95 % t-interval over the "
-            f"seeds' differences; the verdict reads the AUBC interval (cost range {100 * lo:.1f}–{100 * hi:.1f} %, "
-            "common to each pair): better or worse when it excludes 0, else no detectable difference. A Dice "
+            f"seeds' differences; the verdict reads the AUBC interval (over the cost range that every run of the pairs "
+            f"covers: {_ranges(comparison)}): better or worse when it excludes 0, else no detectable difference. A Dice "
             "difference is shown only at budgets every paired run reached.",
             "",
         ]
