@@ -711,7 +711,10 @@ def _timing_table(rows: Sequence[dict]) -> list[str]:
                      f"{seconds(t['train_seconds'])} | {seconds(t['eval_seconds'])} | {t['run_minutes']:.1f} | "
                      f"{', '.join(map(str, t['threads'])) or '–'} |")
     lines += ["", "Wall-clock time, as measured while the runs ran: medians over the query rounds of every seed "
-                  "(query: the round's scoring pass and selection; training: the round's gradient steps), and "
+                  "(query: the round's scoring pass and selection; at patch level every strategy, random "
+                  "patches included, makes the pass, since Fig. 5 reads the candidates' cluster criteria; "
+                  "Suggestive Annotation's also trains its bootstrap ensemble; training: the round's gradient "
+                  "steps), and "
                   "the whole run including round 0, mean over seeds. Other work on the machine at the time "
                   "lengthens them."]
     return lines
