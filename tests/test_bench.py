@@ -268,6 +268,18 @@ def test_full_supervision_reports_progress(tmp_path):
     assert steps[0].startswith("[full supervision] step ") and "min left" in steps[0]
     assert lines[-1].startswith("[full supervision]") and "Dice" in lines[-1]
 
+
+def test_run_progress_estimates_what_is_left_from_the_latest_rounds():
+    # Training grows with the labelled set, so the rounds to come cost what the latest ones did.
+    from focal_al.bench.config import BenchStrategy
+    from focal_al.bench.runner import _progress_line
+
+    records = [{"round": r, "cost": 0.1 * (r + 1), "dice": 0.5, "train_seconds": s, "query_seconds": 0.0,
+                "eval_seconds": 0.0} for r, s in enumerate([99.0, 10.0, 10.0, 10.0, 100.0])]
+    line = _progress_line(BenchStrategy("4-iu", "4 Patch IU", "iu"), 0, records, budget=0.7)
+    assert line.startswith("[4-iu seed 0] round 4: cost 50.0% Dice 0.500")
+    assert line.endswith("~1.3 min left)"), line  # 2 rounds x mean(10, 10, 100) s; not 2 x 32.5 s over all
+
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
 def test_jobs_must_be_a_positive_integer(tmp_path, jobs):
     with pytest.raises(ValueError, match="jobs"):

@@ -590,7 +590,8 @@ def _progress_line(spec: BenchStrategy, seed: int, records: list[dict], budget: 
     eta = ""
     if len(gains) and gains.mean() > 0:
         rounds_left = max(0.0, (budget - last["cost"]) / gains.mean())
-        eta = f", ~{rounds_left * np.mean(seconds) / 60:.1f} min left"
+        # A round's training grows with the labelled set: the latest rounds predict the next best.
+        eta = f", ~{rounds_left * np.mean(seconds[-3:]) / 60:.1f} min left"
     return (f"[{spec.key} seed {seed}] round {last['round']}: cost {100 * last['cost']:.1f}% "
             f"Dice {last['dice']:.3f} (train {last['train_seconds']:.0f}s, query {last['query_seconds']:.0f}s, "
             f"eval {last['eval_seconds']:.0f}s{eta})")
