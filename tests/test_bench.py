@@ -569,6 +569,14 @@ def test_cli_report_names_what_is_missing(tmp_path):
     assert result.exit_code != 0 and "No round records" in result.output and "Traceback" not in result.output
 
 
+def test_the_total_time_left_counts_a_run_finished_before_a_resume(tmp_path, capsys):
+    # Run 1 is found finished: its recorded rounds still say how long a whole run takes.
+    run_bench(tiny(tmp_path, strategies=("random-patch",)), quiet=True, with_full_supervision=False)
+    run_bench(tiny(tmp_path, strategies=("random-patch",), seeds=(0, 1)), resume=True, with_full_supervision=False)
+    second = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run 2/2 ")]
+    assert second and all("min left in all 2 runs" in line for line in second), second
+
+
 def test_the_total_time_left_falls_while_a_run_goes_on():
     from focal_al.bench.runner import _seconds_left
 

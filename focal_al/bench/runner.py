@@ -736,19 +736,22 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     if jobs == 1:
         if with_full_supervision:
             full_supervision(config, data, out_dir, report=report)
-        durations = []  # of the runs that trained (a finished run found on resume takes no time)
+        # Each run's measured seconds over all its rounds, whichever process ran them: a resumed or
+        # finished run found on resume still tells how long a whole run takes.
+        durations = []
         for k, (name, seed) in enumerate(runs, start=1):
-            start, worked = time.perf_counter(), []
+            start = time.perf_counter()
 
-            def run_report(line, k=k, start=start, worked=worked):
-                worked.append(True)
+            def run_report(line, k=k, start=start):
                 seconds = _seconds_left(durations, len(runs), k, time.perf_counter() - start)
                 left = "" if seconds is None else f"; ~{seconds / 60:.0f} min left in all {len(runs)} runs"
                 report(f"run {k}/{len(runs)} {line}{left}")
 
-            run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume, report=run_report)
-            if worked:
-                durations.append(time.perf_counter() - start)
+            records = run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume,
+                                   report=run_report)
+            if records:
+                durations.append(sum((r.get("train_seconds") or 0.0) + (r.get("query_seconds") or 0.0)
+                                     + (r.get("eval_seconds") or 0.0) for r in records))
     else:
         _run_in_parallel(config, runs, out_dir, resume=resume, quiet=quiet, jobs=jobs,
                          with_full_supervision=with_full_supervision, report=report)
@@ -783,10 +786,10 @@ def rewrite_report(out_dir: str | Path, *, complete_only: bool = False, query_fi
 
 
 def _seconds_left(durations: list[float], n_runs: int, k: int, elapsed: float) -> float | None:
-    """Seconds left in all ``n_runs`` runs while run ``k`` (from 1) has run ``elapsed`` seconds.
+    """Seconds left in all ``n_runs`` runs while run ``k`` (from 1) has run ``elapsed`` seconds here.
 
-    The runs after it take the mean of ``durations`` (runs already done) each, and run ``k`` what
-    it has left of that mean; None before any run is done.
+    The runs after it take the mean of ``durations`` (whole runs already done) each, and run ``k``
+    what it has left of that mean; None before any run is done.
     """
     if not durations:
         return None
