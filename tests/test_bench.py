@@ -280,6 +280,7 @@ def test_run_progress_estimates_what_is_left_from_the_latest_rounds():
     assert line.startswith("[4-iu seed 0] round 4: cost 50.0% Dice 0.500")
     assert line.endswith("~1.3 min left)"), line  # 2 rounds x mean(10, 10, 100) s; not 2 x 32.5 s over all
 
+
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
 def test_jobs_must_be_a_positive_integer(tmp_path, jobs):
     with pytest.raises(ValueError, match="jobs"):
