@@ -583,9 +583,14 @@ def _strategy_params(config: BenchConfig, spec: BenchStrategy) -> dict:
     return {**{k: v for k, v in params.items() if k in accepted}, **spec.params}
 
 
+def _round_seconds(record: dict) -> float:
+    """A round's measured seconds: training, query and evaluation (0 where a record has no timing)."""
+    return sum(record.get(key) or 0.0 for key in ("train_seconds", "query_seconds", "eval_seconds"))
+
+
 def _progress_line(spec: BenchStrategy, seed: int, records: list[dict], budget: float) -> str:
     last = records[-1]
-    seconds = [r["train_seconds"] + r["query_seconds"] + r["eval_seconds"] for r in records[1:]]
+    seconds = [_round_seconds(r) for r in records[1:]]
     gains = np.diff([r["cost"] for r in records])
     eta = ""
     if len(gains) and gains.mean() > 0:
@@ -750,8 +755,7 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
             records = run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume,
                                    report=run_report)
             if records:
-                durations.append(sum((r.get("train_seconds") or 0.0) + (r.get("query_seconds") or 0.0)
-                                     + (r.get("eval_seconds") or 0.0) for r in records))
+                durations.append(sum(_round_seconds(r) for r in records))
     else:
         _run_in_parallel(config, runs, out_dir, resume=resume, quiet=quiet, jobs=jobs,
                          with_full_supervision=with_full_supervision, report=report)
