@@ -17,11 +17,13 @@ BASE = [0.5, 0.6, 0.7, 0.75, 0.8]
 
 
 def records(offsets, noise=(0.0, 0.01, -0.01)):
+    """Runs of random patches and of each strategy, 3 seeds; a strategy's offset applies from round 1
+    on: round 0 trains on the seed's initial set before any query, the same for every strategy."""
     out = []
     for seed, eps in enumerate(noise):
         out += run("random-patch", seed, [v + eps for v in BASE])
         for name, off in offsets.items():
-            out += run(name, seed, [v + eps + off(seed) for v in BASE])
+            out += run(name, seed, [v + eps + (off(seed) if r else 0.0) for r, v in enumerate(BASE)])
     return out
 
 
@@ -38,7 +40,9 @@ def test_paired_comparison_verdicts():
                     "same": lambda s: (-0.01, 0.0, 0.01)[s]})
     by = {c["strategy"]: c for c in paired_comparison(recs)}
     assert set(by) == {"good", "bad", "same"}
-    assert by["good"]["verdict"] == "better" and by["good"]["aubc"]["mean"] == pytest.approx(0.052)
+    # Mean offset 0.052 from 5 % cost on, rising linearly from 0 over the first step (2.5-5 %).
+    assert by["good"]["verdict"] == "better"
+    assert by["good"]["aubc"]["mean"] == pytest.approx((0.025 * 0.026 + 0.25 * 0.052) / 0.275)
     assert by["bad"]["verdict"] == "worse"
     assert by["same"]["verdict"] == "no detectable difference"
     assert [d["budget"] for d in by["good"]["dice_at"]] == [0.1, 0.2, 0.3]
@@ -68,7 +72,8 @@ def test_report_puts_the_verdict_first():
     text = render_report(summarize(recs), config=None, full_supervision=None, figures=None,
                          comparison=paired_comparison(recs), noise=curve_noise(recs))
     assert text.index("Paired comparison with random-patch") < text.index("## Results")
-    assert "| good | **better** | 3 | +0.050 [" in text and "## Curve noise" in text
+    assert "| good | **better** | 3 | +0.048 [" in text and "## Curve noise" in text
+    assert "†" not in text  # every pair shares its round 0
 
 
 def test_a_ceiling_below_the_curves_is_flagged_not_used():
@@ -112,3 +117,25 @@ def test_report_names_each_pairs_cost_range_when_they_differ():
     text = render_report(summarize(recs), config=None, full_supervision=None, figures=None,
                          comparison=same, noise=None)
     assert "covers: 2.5–30.0 %)" in text
+
+
+def test_pairs_whose_round_0_differs_are_flagged():
+    recs = records({"good": lambda s: 0.05})
+    # Seed 2 of "good" computed elsewhere: its round 0 (same initial set, same network) came out otherwise.
+    moved = [dict(r, dice=r["dice"] - 0.014) if (r["strategy"], r["seed"], r["round"]) == ("good", 2, 0) else r
+             for r in recs]
+    (c,) = paired_comparison(moved)
+    assert [d["seed"] for d in c["round0_differs"]] == [2] and not c["round0_differs"][0]["initial_set_differs"]
+    text = render_report(summarize(moved), config=None, full_supervision=None, figures=None, comparison=[c],
+                         noise=None)
+    assert "| good | **better** † | 3 |" in text
+    assert "† good, seeds 2: round 0 trains the same network" in text and "seed 2: 0.4760 vs 0.4900" in text
+    # Suggestive Annotation with the FCN trains another network: its round 0 may differ.
+    fcn = [dict(r, strategy="2-sa-fcn") if r["strategy"] == "good" else r for r in moved]
+    assert paired_comparison(fcn)[0]["round0_differs"] == []
+    # Another initial set is flagged whatever the network.
+    other = [dict(r, cost=0.03) if (r["strategy"], r["round"]) == ("2-sa-fcn", 0) else r for r in fcn]
+    (c,) = paired_comparison(other)
+    assert [d["seed"] for d in c["round0_differs"]] == [0, 1, 2] and c["round0_differs"][0]["initial_set_differs"]
+    assert "its initial labelled set is not random-patch's (round 0 cost 3.00 % vs 2.50 %" in render_report(
+        summarize(other), config=None, full_supervision=None, figures=None, comparison=[c], noise=None)

@@ -492,6 +492,27 @@ def _ranges(comparison: Sequence[dict]) -> str:
     return "; ".join(f"{lo}–{hi} % for {', '.join(labels)}" for (lo, hi), labels in by_range.items())
 
 
+def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
+    """A note for each strategy whose pairs do not share round 0 (see ``stats._round0_difference``)."""
+    lines = []
+    for c in comparison:
+        differs = c.get("round0_differs") or []
+        if not differs:
+            continue
+        seeds = ", ".join(str(d["seed"]) for d in differs)
+        if any(d["initial_set_differs"] for d in differs):
+            costs = "; ".join(f"{100 * d['cost']:.2f} % vs {100 * d['baseline_cost']:.2f} %" for d in differs)
+            lines += [f"† {_cell(c['label'])}, seeds {seeds}: its initial labelled set is not {baseline_label}'s "
+                      f"(round 0 cost {costs}), so these pairs do not compare like with like.", ""]
+        else:
+            dice = "; ".join(f"seed {d['seed']}: {d['dice']:.4f} vs {d['baseline_dice']:.4f}" for d in differs)
+            lines += [f"† {_cell(c['label'])}, seeds {seeds}: round 0 trains the same network on the same initial "
+                      f"set as {baseline_label}'s, yet its Dice differs ({dice}). The runs were computed on "
+                      "different machines or library versions (each run's `config.json` records them), so these "
+                      "paired differences hold that numerical noise beside the strategies' effect.", ""]
+    return lines
+
+
 def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, baseline_label: str) -> list[str]:
     """Markdown lines: the verdict table against the baseline, then the curves' noise."""
     lines = []
@@ -502,7 +523,8 @@ def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, base
         lines += [f"## Which strategy? Paired comparison with {baseline_label}", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for c in comparison:
-            cells = [_cell(c["label"]), f"**{c['verdict']}**", str(c["aubc"]["n"]), _fmt_interval(c["aubc"])]
+            mark = " †" if c.get("round0_differs") else ""
+            cells = [_cell(c["label"]), f"**{c['verdict']}**{mark}", str(c["aubc"]["n"]), _fmt_interval(c["aubc"])]
             cells += [_fmt_interval(d) for d in c["dice_at"]]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
@@ -514,6 +536,7 @@ def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, base
             "difference is shown only at budgets every paired run reached.",
             "",
         ]
+        lines += _round0_notes(comparison, baseline_label)
     if noise:
         budgets = sorted({b for stds in noise["seed_std"].values() for b in stds})
         header = ["Strategy", "Mean fall", "Largest fall (where)"] + [f"Seed sd @ {100 * b:g} %" for b in budgets]

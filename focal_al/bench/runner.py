@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import signal
 import time
 import warnings
@@ -605,11 +606,30 @@ def _progress_line(spec: BenchStrategy, seed: int, records: list[dict], budget: 
 # ----------------------------------------------------------------------------------- whole bench
 
 
+def _cpu() -> str:
+    """The CPU model and its widest vector extension.
+
+    torch's CPU kernels depend on the instruction set, so the same seed can give other float
+    results on another CPU: runs paired by seed are bit-comparable only where this matches.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    isa = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if flags and f in flags.group(1).split()), None)
+    name = model.group(1).strip() if model else (platform.processor() or platform.machine() or "unknown")
+    return f"{name} ({isa})" if isa else name
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for dist in ("focal-al", "torch", "numpy", "scikit-learn", "skorch", "modAL-python", "POT", "h5py"):
+    out = {"python": platform.python_version(), "cpu": _cpu()}
+    # Pillow, SciPy and scikit-image read, resize and measure the images: their versions matter too.
+    for dist in ("focal-al", "torch", "numpy", "scikit-learn", "skorch", "modAL-python", "POT", "h5py", "Pillow",
+                 "scipy", "scikit-image"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from focal_al.bench.config import TABLE1, parse_strategy_spec
 from focal_al.bench.report import _interp, _runs, _series, aubc
 
 #: The baseline every strategy is compared with.
@@ -80,7 +81,8 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
         (interval of the AUBC differences over the cost range both runs of each seed cover, the
         same range for every seed: the largest first and the smallest last cost of all runs of
         both strategies), ``dice_at`` (list of ``{"budget", **interval}``) and ``verdict``
-        (from the AUBC interval).
+        (from the AUBC interval), ``round0_differs``: the seeds whose round 0 is not the
+        baseline's although the protocol makes it so (see :func:`_round0_difference`).
     """
     runs = _runs(records)
     if baseline not in runs:
@@ -103,6 +105,8 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
             for b, d in zip(budgets, diff):
                 dice_diffs[b].append(float(d))
         aubc_interval = mean_interval(aubc_diffs)
+        same_net = _network(strategy) == _network(baseline)
+        round0 = [_round0_difference(s, by_seed[s][0], runs[baseline][s][0], same_net) for s in seeds]
         out.append({
             "strategy": strategy,
             "label": by_seed[min(by_seed)][0].get("label", strategy),
@@ -111,8 +115,31 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
             "aubc": aubc_interval,
             "dice_at": [{"budget": b, **mean_interval(dice_diffs[b])} for b in budgets],
             "verdict": verdict(aubc_interval),
+            "round0_differs": [d for d in round0 if d is not None],
         })
     return out
+
+
+def _network(key: str) -> str:
+    """The network a strategy key trains (Table 1's; ED-ConvNet for any other strategy)."""
+    base, _ = parse_strategy_spec(key)
+    return TABLE1[base].network if base in TABLE1 else "ed-convnet"
+
+
+def _round0_difference(seed: int, first: dict, base_first: dict, same_net: bool) -> dict | None:
+    """How a pair's round 0 differs, or None when it is identical as the protocol makes it.
+
+    Round 0 trains on the seed's initial set before any query, so its cost is the same for every
+    strategy of a seed, and with the same network so is its Dice, to the last bit, when both runs
+    were computed alike. A different Dice means another machine or library versions made one of the
+    runs: their paired difference then holds that numerical noise beside the strategies' effect.
+    """
+    cost_differs = abs(first["cost"] - base_first["cost"]) > 1e-12
+    dice_differs = same_net and abs(first["dice"] - base_first["dice"]) > 1e-9
+    if not (cost_differs or dice_differs):
+        return None
+    return {"seed": seed, "cost": first["cost"], "baseline_cost": base_first["cost"],
+            "dice": first["dice"], "baseline_dice": base_first["dice"], "initial_set_differs": cost_differs}
 
 
 def curve_noise(records: Sequence[dict], *, budgets: Sequence[float] = (0.1, 0.2, 0.3)) -> dict:
