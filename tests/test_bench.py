@@ -587,3 +587,17 @@ def test_the_total_time_left_falls_while_a_run_goes_on():
     assert _seconds_left([50.0, 70.0], 4, 3, 20.0) == pytest.approx(100.0)
     assert _seconds_left([50.0, 70.0], 4, 3, 50.0) == pytest.approx(70.0)
     assert _seconds_left([60.0], 2, 2, 90.0) == 0.0  # longer than usual: never negative
+
+
+def test_a_round_0_unlike_the_folders_other_runs_is_warned_about(tmp_path, capsys):
+    run_bench(tiny(tmp_path, strategies=("random-patch", "1-image-iu")), with_full_supervision=False)
+    assert "warning" not in capsys.readouterr().out  # one seed, one initial set, one network: round 0 agrees
+    # As if random patches had run on another machine: its round 0 came out otherwise.
+    rounds = tmp_path / "runs" / "random-patch-seed0" / "rounds.json"
+    records = read_json(rounds)
+    records[0]["dice"] += 0.01
+    rounds.write_text(json.dumps(records))
+    run_bench(tiny(tmp_path, strategies=("random-image",)), with_full_supervision=False)
+    out = capsys.readouterr().out
+    assert f"warning: round 0 Dice {records[0]['dice'] - 0.01:.4f}, random-patch seed 0's in this folder " \
+           f"{records[0]['dice']:.4f}" in out

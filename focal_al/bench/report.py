@@ -493,7 +493,7 @@ def _ranges(comparison: Sequence[dict]) -> str:
 
 
 def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
-    """A note for each strategy whose pairs do not share round 0 (see ``stats._round0_difference``)."""
+    """A note for each strategy whose pairs do not share round 0 (see ``stats.round0_difference``)."""
     lines = []
     for c in comparison:
         differs = c.get("round0_differs") or []

@@ -542,6 +542,8 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
             state["complete"] = bool(done or n_left == 0)
             run_state.commit(state, net, round_)
             report(_progress_line(spec, seed, records, config.budget))
+            if round_ == 0 and (warning := _round0_warning(out_dir, spec, seed, records[0])):
+                report(warning)
             if state["complete"]:
                 return records
 
@@ -565,6 +567,35 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         learner.teach(chosen)  # the simulated annotator: labels come from the store's ground truth
         train_seconds = time.perf_counter() - start
         _kill_point("trained", round_)
+
+
+def _round0_warning(out_dir: Path, spec: BenchStrategy, seed: int, first: dict) -> str | None:
+    """A warning when round 0 is not that of the folder's other runs of the seed.
+
+    Round 0 is the same for every strategy of a seed (see :func:`focal_al.bench.stats.round0_difference`):
+    a difference found after the first minutes says what the paired report would only say at the end.
+    """
+    from focal_al.bench.stats import round0_difference, strategy_network
+
+    for path in sorted((out_dir / "runs").glob(f"*-seed{seed}/rounds.json")):
+        try:
+            other = json.loads(path.read_text())[0]
+            if other["seed"] != seed or other["strategy"] == spec.key:
+                continue
+            diff = round0_difference(seed, first, other, strategy_network(other["strategy"]) == spec.network)
+        except (OSError, ValueError, IndexError, KeyError, TypeError):
+            continue  # a run being written, or not a run: nothing to compare with
+        if diff is None:
+            continue
+        if diff["initial_set_differs"]:
+            return (f"warning: the initial labelled set covers {100 * diff['cost']:.2f} % of the pixels, "
+                    f"{other['strategy']} seed {seed}'s in this folder {100 * diff['baseline_cost']:.2f} %: the "
+                    "data differ from those runs' and the two are not comparable.")
+        return (f"warning: round 0 Dice {diff['dice']:.4f}, {other['strategy']} seed {seed}'s in this folder "
+                f"{diff['baseline_dice']:.4f} with the same initial set and network: this machine or these "
+                "library versions compute otherwise than that run's, so paired differences with it hold numerical "
+                "noise (the report marks them †).")
+    return None
 
 
 def _torch_threads() -> int:

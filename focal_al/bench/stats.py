@@ -82,7 +82,7 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
         same range for every seed: the largest first and the smallest last cost of all runs of
         both strategies), ``dice_at`` (list of ``{"budget", **interval}``) and ``verdict``
         (from the AUBC interval), ``round0_differs``: the seeds whose round 0 is not the
-        baseline's although the protocol makes it so (see :func:`_round0_difference`).
+        baseline's although the protocol makes it so (see :func:`round0_difference`).
     """
     runs = _runs(records)
     if baseline not in runs:
@@ -105,8 +105,8 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
             for b, d in zip(budgets, diff):
                 dice_diffs[b].append(float(d))
         aubc_interval = mean_interval(aubc_diffs)
-        same_net = _network(strategy) == _network(baseline)
-        round0 = [_round0_difference(s, by_seed[s][0], runs[baseline][s][0], same_net) for s in seeds]
+        same_net = strategy_network(strategy) == strategy_network(baseline)
+        round0 = [round0_difference(s, by_seed[s][0], runs[baseline][s][0], same_net) for s in seeds]
         out.append({
             "strategy": strategy,
             "label": by_seed[min(by_seed)][0].get("label", strategy),
@@ -120,13 +120,13 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
     return out
 
 
-def _network(key: str) -> str:
+def strategy_network(key: str) -> str:
     """The network a strategy key trains (Table 1's; ED-ConvNet for any other strategy)."""
     base, _ = parse_strategy_spec(key)
     return TABLE1[base].network if base in TABLE1 else "ed-convnet"
 
 
-def _round0_difference(seed: int, first: dict, base_first: dict, same_net: bool) -> dict | None:
+def round0_difference(seed: int, first: dict, base_first: dict, same_net: bool) -> dict | None:
     """How a pair's round 0 differs, or None when it is identical as the protocol makes it.
 
     Round 0 trains on the seed's initial set before any query, so its cost is the same for every
