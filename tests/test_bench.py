@@ -601,3 +601,14 @@ def test_a_round_0_unlike_the_folders_other_runs_is_warned_about(tmp_path, capsy
     out = capsys.readouterr().out
     assert f"warning: round 0 Dice {records[0]['dice'] - 0.01:.4f}, random-patch seed 0's in this folder " \
            f"{records[0]['dice']:.4f}" in out
+
+
+def test_runs_record_a_cap_on_the_cpu_kernels(monkeypatch):
+    from focal_al.bench.runner import _cpu
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert "ATEN_CPU_CAPABILITY" not in _cpu()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert _cpu().endswith("ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)")

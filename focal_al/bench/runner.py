@@ -651,7 +651,10 @@ def _cpu() -> str:
     flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
     isa = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if flags and f in flags.group(1).split()), None)
     name = model.group(1).strip() if model else (platform.processor() or platform.machine() or "unknown")
-    return f"{name} ({isa})" if isa else name
+    # torch (ATen) and oneDNN can be held to an older instruction set, to compute as an older CPU does.
+    caps = [f"{var}={os.environ[var]}" for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(var)]
+    detail = ", ".join(([isa] if isa else []) + caps)
+    return f"{name} ({detail})" if detail else name
 
 
 def _versions() -> dict:
