@@ -129,7 +129,7 @@ def test_pairs_whose_round_0_differs_are_flagged():
     text = render_report(summarize(moved), config=None, full_supervision=None, figures=None, comparison=[c],
                          noise=None)
     assert "| good | **better** † | 3 |" in text
-    assert "† good, seeds 2: round 0 trains the same network" in text and "seed 2: 0.4760 vs 0.4900" in text
+    assert "† good, seed 2: round 0 trains the same network" in text and "seed 2: 0.4760 vs 0.4900" in text
     # Suggestive Annotation with the FCN trains another network: its round 0 may differ.
     fcn = [dict(r, strategy="2-sa-fcn") if r["strategy"] == "good" else r for r in moved]
     assert paired_comparison(fcn)[0]["round0_differs"] == []
@@ -137,5 +137,5 @@ def test_pairs_whose_round_0_differs_are_flagged():
     other = [dict(r, cost=0.03) if (r["strategy"], r["round"]) == ("2-sa-fcn", 0) else r for r in fcn]
     (c,) = paired_comparison(other)
     assert [d["seed"] for d in c["round0_differs"]] == [0, 1, 2] and c["round0_differs"][0]["initial_set_differs"]
-    assert "its initial labelled set is not random-patch's (round 0 cost 3.00 % vs 2.50 %" in render_report(
+    assert "its initial labelled set is not that of the random-patch run of the same seed (round 0 cost 3.00 % vs 2.50 %" in render_report(
         summarize(other), config=None, full_supervision=None, figures=None, comparison=[c], noise=None)

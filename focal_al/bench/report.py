@@ -499,15 +499,15 @@ def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
         differs = c.get("round0_differs") or []
         if not differs:
             continue
-        seeds = ", ".join(str(d["seed"]) for d in differs)
+        seeds = ("seeds " if len(differs) > 1 else "seed ") + ", ".join(str(d["seed"]) for d in differs)
         if any(d["initial_set_differs"] for d in differs):
             costs = "; ".join(f"{100 * d['cost']:.2f} % vs {100 * d['baseline_cost']:.2f} %" for d in differs)
-            lines += [f"† {_cell(c['label'])}, seeds {seeds}: its initial labelled set is not {baseline_label}'s "
-                      f"(round 0 cost {costs}), so these pairs do not compare like with like.", ""]
+            lines += [f"† {_cell(c['label'])}, {seeds}: its initial labelled set is not that of the {baseline_label} "
+                      f"run of the same seed (round 0 cost {costs}), so these pairs do not compare like with like.", ""]
         else:
             dice = "; ".join(f"seed {d['seed']}: {d['dice']:.4f} vs {d['baseline_dice']:.4f}" for d in differs)
-            lines += [f"† {_cell(c['label'])}, seeds {seeds}: round 0 trains the same network on the same initial "
-                      f"set as {baseline_label}'s, yet its Dice differs ({dice}). The runs were computed on "
+            lines += [f"† {_cell(c['label'])}, {seeds}: round 0 trains the same network on the same initial "
+                      f"set as the {baseline_label} run of the same seed, yet its Dice differs ({dice}). The runs were computed on "
                       "different machines or library versions (each run's `config.json` records them), so these "
                       "paired differences hold that numerical noise beside the strategies' effect.", ""]
     return lines
@@ -529,7 +529,7 @@ def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, base
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
-            f"Each strategy's runs are paired with {baseline_label}'s of the same seed (same initial labelled "
+            f"Each strategy's runs are paired with the {baseline_label} runs of the same seed (same initial labelled "
             "set). Δ is strategy minus baseline, averaged over seeds, with a two-sided 95 % t-interval over the "
             f"seeds' differences; the verdict reads the AUBC interval (over the cost range that every run of the pairs "
             f"covers: {_ranges(comparison)}): better or worse when it excludes 0, else no detectable difference. A Dice "
