@@ -159,12 +159,16 @@ def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, jobs,
                    "config.json names.")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Where the GlaS release is now, if not where config.json says (for Fig. 6).")
-def report(out_dir, complete_only, query_figures, data_dir):
+@click.option("--also-against", "also_against", multiple=True, metavar="STRATEGY",
+              help="Also compare every strategy with this one, paired by seed, beside random patches "
+                   "(the run folders' key, e.g. 7-focannot); repeatable.")
+def report(out_dir, complete_only, query_figures, data_dir, also_against):
     """Rewrite the report, records and figures of a bench folder OUT_DIR from its runs, without running any."""
     from focal_al.bench.runner import rewrite_report
 
     try:
-        click.echo(rewrite_report(out_dir, complete_only=complete_only, query_figures=query_figures, data_dir=data_dir))
+        click.echo(rewrite_report(out_dir, complete_only=complete_only, query_figures=query_figures, data_dir=data_dir,
+                                  also_against=also_against))
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         raise click.ClickException(str(err)) from err
 

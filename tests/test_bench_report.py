@@ -336,6 +336,26 @@ def test_write_report_without_records(tmp_path):
         write_report(tmp_path)
 
 
+def test_also_against_pairs_every_strategy_with_another_baseline(tmp_path):
+    costs = [0.05, 0.1, 0.2, 0.3]
+    for seed, eps in enumerate((0.0, 0.02, -0.01)):
+        base = [0.5 + eps, 0.6 + eps, 0.7 + eps, 0.8 + eps]
+        write_run(tmp_path, make_run("random-patch", seed, costs, base))
+        write_run(tmp_path, make_run("focannot", seed, costs, [base[0]] + [v + 0.01 for v in base[1:]]))
+        write_run(tmp_path, make_run("power", seed, costs, [base[0]] + [v + 0.05 + 0.001 * seed for v in base[1:]]))
+    with pytest.raises(ValueError, match=r"also_against \(--also-against\) names 'nope'.*focannot, power, random-patch"):
+        write_report(tmp_path, also_against=("nope",))
+    assert not (tmp_path / "records.csv").exists()  # refused before writing anything
+    text = write_report(tmp_path, also_against=("focannot",)).read_text()
+    assert text.index("Paired comparison with random-patch") < text.index("Paired comparison with focannot") \
+        < text.index("## Curve noise") < text.index("## Results")
+    against = json.loads((tmp_path / "comparison.json").read_text())["against"]["focannot"]
+    by = {c["strategy"]: c for c in against}
+    assert set(by) == {"power", "random-patch"}
+    assert by["power"]["verdict"] == "better" and by["random-patch"]["verdict"] == "worse"
+    assert by["power"]["dice_at"][1]["mean"] == pytest.approx(0.041)
+
+
 def test_complete_only_reports_the_runs_at_their_budget(tmp_path):
     write_run(tmp_path, make_run("a", 0, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]))
     write_run(tmp_path, make_run("a", 1, [0.1, 0.2], [0.5, 0.6]))  # still running

@@ -565,6 +565,7 @@ def render_report(
     comparison: Sequence[dict] = (),
     noise: Mapping | None = None,
     notes: Sequence[str] = (),
+    also_against: Mapping[str, Sequence[dict]] | None = None,
 ) -> str:
     """The bench report as Markdown.
 
@@ -586,6 +587,9 @@ def render_report(
         :func:`focal_al.bench.stats.curve_noise`.
     notes : sequence of str
         Notes shown first under "Notes" (e.g. which runs the report leaves out).
+    also_against : mapping of str to sequence of dict, optional
+        Further baselines by strategy key, each with its :func:`focal_al.bench.stats.paired_comparison`
+        rows: a paired comparison section for each, after the one with random patches.
 
     Returns
     -------
@@ -604,7 +608,11 @@ def render_report(
     reference = next((r["reference"] for r in rows if r.get("reference")), None)
 
     baseline_label = next((r["label"] for r in rows if r["strategy"] == "random-patch"), "random patches")
-    lines += render_comparison(comparison, noise, baseline_label=baseline_label)
+    lines += render_comparison(comparison, None, baseline_label=baseline_label)
+    labels = {r["strategy"]: r["label"] for r in rows}
+    for key, rows_against in (also_against or {}).items():
+        lines += render_comparison(rows_against, None, baseline_label=labels.get(key, key))
+    lines += render_comparison((), noise, baseline_label=baseline_label)
     lines += ["## Results", ""]
     if rows:
         lo, hi = rows[0]["aubc_range"]
@@ -767,6 +775,7 @@ def write_report(
     query_masks: Mapping[str, np.ndarray] | None = None,
     n_query_images: int = 2,
     complete_only: bool = False,
+    also_against: Sequence[str] = (),
 ) -> Path:
     """Write records, summary, figures and ``report.md`` for a bench output directory.
 
@@ -790,6 +799,10 @@ def write_report(
     complete_only : bool, default=False
         Report only the runs that reached their budget (or ran out of pool): a report of the
         finished runs while others go on. The runs left out are named in the report's notes.
+    also_against : sequence of str, default=()
+        Strategy keys (as the runs' folders name them, e.g. ``"7-focannot"``) to compare every
+        other strategy with, paired by seed, besides random patches: a section of the report each,
+        and ``comparison.json``'s ``"against"``.
 
     Returns
     -------
@@ -800,7 +813,8 @@ def write_report(
     ------
     ValueError
         If no round is recorded yet (no complete run, with ``complete_only``), a run's budget is
-        unknown with ``complete_only``, or an input file is malformed (the message names it).
+        unknown with ``complete_only``, an input file is malformed (the message names it), or
+        ``also_against`` names a strategy without reported runs.
     """
     from focal_al.bench import figures as fig
 
@@ -815,6 +829,11 @@ def write_report(
     if not records:
         raise ValueError(f"No run under {out_dir / 'runs'} has reached its budget yet; nothing to report "
                          "with complete_only (--complete-only).")
+    reported = sorted({r["strategy"] for r in records})
+    unknown = [key for key in also_against if key not in reported]
+    if unknown:
+        raise ValueError(f"also_against (--also-against) names {', '.join(map(repr, unknown))}, which has no "
+                         f"reported run under {out_dir / 'runs'}; the strategies there: {', '.join(reported)}.")
     notes = ["In progress, left out of this report: " + ", ".join(
         f"{left_out_labels[s]} seed {seed} (at {100 * cost:.1f} %)" for (s, seed), cost in sorted(left_out.items()))] \
         if left_out else []
@@ -829,8 +848,10 @@ def write_report(
 
     paired_budgets = [b for b in (0.1, 0.2, 0.3) if b <= reached] or [min(budgets)]
     comparison = paired_comparison(records, budgets=paired_budgets)
+    against = {key: paired_comparison(records, baseline=key, budgets=paired_budgets) for key in also_against}
     noise = curve_noise(records, budgets=paired_budgets)
-    atomic_write_json(out_dir / "comparison.json", _json_safe({"paired": comparison, "noise": noise}))
+    atomic_write_json(out_dir / "comparison.json",
+                      _json_safe({"paired": comparison, "noise": noise, **({"against": against} if against else {})}))
 
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(exist_ok=True)
@@ -881,7 +902,7 @@ def write_report(
     text = render_report(
         rows, config=config, full_supervision=full_supervision,
         figures={caption: p.relative_to(out_dir) for caption, p in figures.items()},
-        comparison=comparison, noise=noise, notes=notes,
+        comparison=comparison, noise=noise, notes=notes, also_against=against,
     )
     return atomic_write_text(out_dir / "report.md", text)
 

@@ -821,11 +821,11 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
 
 
 def rewrite_report(out_dir: str | Path, *, complete_only: bool = False, query_figures: bool = True,
-                   data_dir: str | None = None) -> Path:
+                   data_dir: str | None = None, also_against: tuple[str, ...] = ()) -> Path:
     """Rewrite a bench folder's report from its runs, without running any (``focal-al report``).
 
     With ``query_figures`` the training images for Fig. 6 are read as the folder's ``config.json``
-    names them (GlaS from ``data_dir`` when given). ``complete_only``: see
+    names them (GlaS from ``data_dir`` when given). ``complete_only``, ``also_against``: see
     :func:`focal_al.bench.report.write_report`.
     """
     from focal_al.bench.report import write_report
@@ -840,7 +840,8 @@ def rewrite_report(out_dir: str | Path, *, complete_only: bool = False, query_fi
         config = BenchConfig.from_dict({k: v for k, v in json.loads(path.read_text()).items() if k in known})
         train, _ = load_data(config.replace(data_dir=data_dir))
         images, masks = dict(zip(train.names, train.images)), dict(zip(train.names, train.masks))
-    return write_report(out_dir, query_images=images, query_masks=masks, complete_only=complete_only)
+    return write_report(out_dir, query_images=images, query_masks=masks, complete_only=complete_only,
+                        also_against=tuple(also_against))
 
 
 def _seconds_left(durations: list[float], n_runs: int, k: int, elapsed: float) -> float | None:
