@@ -513,8 +513,8 @@ def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
     return lines
 
 
-def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, baseline_label: str) -> list[str]:
-    """Markdown lines: the verdict table against the baseline, then the curves' noise."""
+def render_comparison(comparison: Sequence[dict], *, baseline_label: str) -> list[str]:
+    """Markdown lines: the verdict table against the baseline."""
     lines = []
     if comparison:
         budgets = [d["budget"] for d in comparison[0]["dice_at"]]
@@ -537,6 +537,12 @@ def render_comparison(comparison: Sequence[dict], noise: Mapping | None, *, base
             "",
         ]
         lines += _round0_notes(comparison, baseline_label)
+    return lines
+
+
+def render_noise(noise: Mapping | None) -> list[str]:
+    """Markdown lines: the curves' noise (falls between rounds, seed spread)."""
+    lines = []
     if noise:
         budgets = sorted({b for stds in noise["seed_std"].values() for b in stds})
         header = ["Strategy", "Mean fall", "Largest fall (where)"] + [f"Seed sd @ {100 * b:g} %" for b in budgets]
@@ -608,11 +614,11 @@ def render_report(
     reference = next((r["reference"] for r in rows if r.get("reference")), None)
 
     baseline_label = next((r["label"] for r in rows if r["strategy"] == "random-patch"), "random patches")
-    lines += render_comparison(comparison, None, baseline_label=baseline_label)
+    lines += render_comparison(comparison, baseline_label=baseline_label)
     labels = {r["strategy"]: r["label"] for r in rows}
     for key, rows_against in (also_against or {}).items():
-        lines += render_comparison(rows_against, None, baseline_label=labels.get(key, key))
-    lines += render_comparison((), noise, baseline_label=baseline_label)
+        lines += render_comparison(rows_against, baseline_label=labels.get(key, key))
+    lines += render_noise(noise)
     lines += ["## Results", ""]
     if rows:
         lo, hi = rows[0]["aubc_range"]
