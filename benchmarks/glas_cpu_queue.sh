@@ -16,6 +16,9 @@
 #   OUT=benchmarks/results/glas-cpu-dropout FLAGS="--dropout 0.2 --mc-samples 8" \
 #       bash benchmarks/glas_cpu_queue.sh random-patch 'iu(uncertainty=bald)'   # dropout changes the net
 #
+# AGAINST="7-focannot ..." adds those strategies as further baselines of the closing report
+# (focal-al report --also-against); leave it empty for a folder without them (glas-cpu-dropout).
+#
 # Never queue the same strategy and seed into one folder from two queues: two processes would write one run.
 #
 # ISA=avx2 (the default) holds torch's and oneDNN's CPU kernels to AVX2, as the machine that made
@@ -32,6 +35,7 @@ OUT=${OUT:-benchmarks/results/glas-cpu}
 FLAGS=${FLAGS:-}
 SEEDS=${SEEDS:-0,1,2}
 ISA=${ISA-avx2}
+AGAINST=${AGAINST:-}
 if [ -n "$ISA" ]; then
     export ATEN_CPU_CAPABILITY="$ISA" ONEDNN_MAX_CPU_ISA="${ISA^^}"
 fi
@@ -46,4 +50,6 @@ for strategy in "$@"; do
     status=$?
     echo "$(date -u '+%F %H:%M') end $strategy (exit $status)"
 done
-focal-al report "$OUT" --complete-only --data-dir "$GLAS"
+against=()
+for key in $AGAINST; do against+=(--also-against "$key"); done
+focal-al report "$OUT" --complete-only --data-dir "$GLAS" "${against[@]}"

@@ -331,6 +331,16 @@ def test_write_report_full(tmp_path, two_strategies):
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
+def test_query_figure_names_read_composed_keys(tmp_path):
+    run_dir = write_run(tmp_path, make_run("7-focannot(selection=power)", 0, [0.03, 0.05], [0.5, 0.6]))
+    queries = [{"round": 1, "level": "patch", "items": [{"image": "train 19", "y": 4, "x": 4, "size": 16}]}]
+    (run_dir / "queries.json").write_text(json.dumps(queries))
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    text = write_report(tmp_path, query_images={"train 19": image}).read_text()
+    assert "figures/queries-7-focannot-selection-power-seed0-train-19.png" in text
+    assert_png(tmp_path / "figures" / "queries-7-focannot-selection-power-seed0-train-19.png")
+
+
 def test_write_report_without_records(tmp_path):
     with pytest.raises(ValueError, match="No round records"):
         write_report(tmp_path)

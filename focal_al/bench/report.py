@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -770,7 +771,11 @@ def _read_optional_json(path: Path) -> dict | None:
 
 
 def _safe_name(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text))
+    """A file-name part: each run of other characters than letters, digits, '_' and '.' becomes one '-'.
+
+    A composed key reads on: ``7-focannot(selection=power)`` -> ``7-focannot-selection-power``.
+    """
+    return re.sub(r"[^0-9A-Za-z_.]+", "-", str(text)).strip("-") or "_"
 
 
 def write_report(
