@@ -288,6 +288,9 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
     def _seed_streams(self) -> None:
         self.rng_ = np.random.default_rng(self.random_state)
         self.torch_generator_ = torch.Generator().manual_seed(int(self.rng_.integers(2**62)))
+        # The module's own randomness in training (dropout) draws from torch's global RNG: each fit
+        # seeds it from this stream (a child of rng_, whose draws it leaves as they were).
+        self.module_rng_ = self.rng_.spawn(1)[0]
 
     def initialize(self):
         """Initialise (or re-initialise) the network, criterion, optimizer and random streams."""
@@ -593,7 +596,12 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
         if per_epoch is None:
             per_epoch = max(1, n // batch if (n > 1 and n % batch == 1) else -(-n // batch))
         self.lr_step_, self.lr_total_ = 0, int(n_epochs) * per_epoch
-        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        # Dropout masks come from the global RNG: seeded here and restored after, a fit computes
+        # the same in any process (a resumed run as an uninterrupted one) and leaves the caller's RNG alone.
+        devices = [self.device_.index or 0] if self.device_.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(self.module_rng_.integers(2**62)))
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
 
     def train_step(self, batch, **fit_params):
         """One optimiser step at the scheduled learning rate (``focal_al.training.learning_rate``)."""

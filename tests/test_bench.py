@@ -401,6 +401,111 @@ def test_resume_finished_run_with_larger_budget_continues(uninterrupted, tmp_pat
     assert without_timings(rounds) == without_timings(read_json(fresh / "runs" / "random-patch-seed0" / "rounds.json"))
 
 
+# ----------------------------------------------------------------------------------- replay
+
+#: A strategy whose queries depend on the weights, with dropout in training and MC-dropout scoring:
+#: a replay that trained otherwise than the run would query other patches.
+REPLAY_CONFIG = dict(strategies=("iu(uncertainty=bald)",), seeds=(0,), budget=0.6, dropout=0.3, mc_samples=2)
+REPLAY_RUN = "4-iu(uncertainty=bald)-seed0"
+
+
+@pytest.fixture(scope="module")
+def replay_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("replay-reference")
+    run_bench(tiny(out, **REPLAY_CONFIG), quiet=True, with_full_supervision=False)
+    run = out / "runs" / REPLAY_RUN
+    rounds = read_json(run / "rounds.json")
+    assert len(rounds) >= 4, "the replay config should run at least 4 rounds"
+    return out, rounds, read_json(run / "queries.json")
+
+
+def committed_without_state(reference, tmp_path, n_rounds):
+    """A copy of the reference run as a repository holds a partial run: its first ``n_rounds``
+    records and queries, no state.json, no weights."""
+    out = tmp_path / "bench"
+    shutil.copytree(reference[0], out)
+    run = out / "runs" / REPLAY_RUN
+    (run / "rounds.json").write_text(json.dumps(reference[1][:n_rounds]))
+    (run / "queries.json").write_text(json.dumps(reference[2][:n_rounds]))
+    (run / "state.json").unlink()
+    for weights in run.glob("weights-round*.pt"):
+        weights.unlink()
+    return out, run
+
+
+def test_resume_replays_records_committed_without_weights(replay_reference, tmp_path):
+    out, run = committed_without_state(replay_reference, tmp_path, 2)
+    config = tiny(out, **REPLAY_CONFIG)
+    before = snapshot(out)
+    with pytest.raises(FileExistsError, match="--resume"):  # records are never overwritten
+        run_bench(config, quiet=True, with_full_supervision=False)
+    assert snapshot(out) == before
+    run_bench(config, resume=True, quiet=True, with_full_supervision=False)
+    _, rounds, queries = replay_reference
+    replayed = read_json(run / "rounds.json")
+    assert replayed[:2] == rounds[:2]  # the committed rounds as they were, timings included
+    assert without_timings(replayed) == without_timings(rounds)  # later rounds: what the run queried and scored
+    assert read_json(run / "queries.json") == queries
+    state = read_json(run / "state.json")
+    assert state["complete"] and state["round"] == rounds[-1]["round"]
+
+
+def test_replay_that_computes_otherwise_is_refused_and_writes_nothing(replay_reference, tmp_path):
+    out, run = committed_without_state(replay_reference, tmp_path, 3)
+    records = read_json(run / "rounds.json")
+    records[-1]["dice"] += 1e-9  # as a run made on a machine whose kernels round otherwise
+    (run / "rounds.json").write_text(json.dumps(records))
+    before = snapshot(run)
+    with pytest.raises(ValueError, match=r"Cannot replay .* round 2, .*Dice .* compute otherwise"):
+        run_bench(tiny(out, **REPLAY_CONFIG), resume=True, quiet=True, with_full_supervision=False)
+    assert snapshot(run) == before
+
+
+def test_finished_run_committed_without_weights_is_kept_as_it_is(replay_reference, tmp_path):
+    out, run = committed_without_state(replay_reference, tmp_path, len(replay_reference[1]))
+    records_before = (run / "rounds.json").read_bytes()
+    run_bench(tiny(out, **REPLAY_CONFIG), resume=True, quiet=True, with_full_supervision=False)
+    assert (run / "rounds.json").read_bytes() == records_before
+    assert not (run / "state.json").exists()  # nothing replayed: the run has nothing left to do
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda run: (run / "queries.json").unlink(), "queries.json cannot be read"),
+    (lambda run: (run / "queries.json").write_text("[]"), "3 round records and 0 queries"),
+    (lambda run: (run / "rounds.json").write_text(json.dumps([{"round": 0}] * 3)), "does not hold rounds 0..2"),
+])
+def test_damaged_committed_records_are_refused_before_anything_is_written(replay_reference, tmp_path, damage, match):
+    out, run = committed_without_state(replay_reference, tmp_path, 3)
+    damage(run)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=match):
+        run_bench(tiny(out, **REPLAY_CONFIG), resume=True, quiet=True, with_full_supervision=False)
+    assert snapshot(out) == before
+
+
+def test_dropout_training_is_seeded_by_the_round_not_by_the_process(tmp_path):
+    """Two fits from the same weights and random_state give the same weights whatever torch's global
+    RNG holds (dropout masks), and leave the caller's global RNG as it was."""
+    import torch
+
+    from focal_al.bench.runner import make_net
+
+    config = tiny(tmp_path, dropout=0.5)
+    rng = np.random.default_rng(0)
+    X = rng.random((8, 3, 16, 16), dtype=np.float32)
+    y = (rng.random((8, 16, 16)) > 0.5).astype(np.int64)
+    weights = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        net = make_net(config, "ed-convnet", seed=0)
+        net.initialize()
+        state = torch.get_rng_state()
+        net.partial_fit(X, y)
+        assert torch.equal(torch.get_rng_state(), state)
+        weights.append([p.detach().clone() for p in net.module_.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
 # ----------------------------------------------------------------------------------- other networks
 
 

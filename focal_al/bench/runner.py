@@ -397,13 +397,55 @@ def _existing_state(config: BenchConfig, spec: BenchStrategy, seed: int, out_dir
             f"{run_dir} already holds results of {spec.key} seed {seed}. Pass --resume to continue it, "
             f"or choose another --out-dir; nothing was overwritten."
         )
+    if state is None and (run_dir / "rounds.json").exists():
+        # Records committed without their state.json and weights (e.g. a run's results in git):
+        # --resume replays them (:func:`_replay`); without it, they would be overwritten.
+        if not resume:
+            raise FileExistsError(
+                f"{run_dir} already holds the records of {spec.key} seed {seed}. Pass --resume to continue "
+                f"them, or choose another --out-dir; nothing was overwritten."
+            )
+        _committed_records(run_dir, spec, seed, protocol)
     if state is not None:
-        # A field added to the protocol after the run started reads as its default value.
-        defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
-        changed = sorted(k for k in protocol if state["protocol"].get(k, defaults.get(k)) != protocol[k])
-        if changed:
-            raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.")
+        _check_protocol(run_dir, state["protocol"], protocol)
     return state
+
+
+def _check_protocol(run_dir: Path, saved: dict, protocol: dict) -> None:
+    # A field added to the protocol after the run started reads as its default value.
+    defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
+    changed = sorted(k for k in protocol if saved.get(k, defaults.get(k)) != protocol[k])
+    if changed:
+        raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.")
+
+
+def _committed_records(run_dir: Path, spec: BenchStrategy, seed: int, protocol: dict) -> tuple[list, list]:
+    """A run's committed ``rounds.json`` and ``queries.json``, checked to be one run's rounds 0..n
+    under ``protocol`` (read from the run's ``config.json``); raises ValueError naming the file."""
+    found = {}
+    for name in ("rounds.json", "queries.json", "config.json"):
+        path = run_dir / name
+        try:
+            found[name] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"Cannot replay {run_dir}: {path} cannot be read ({err}). Restore it, or delete the "
+                             f"folder {run_dir} to restart this run.") from None
+    records, queries, run_config = found["rounds.json"], found["queries.json"], found["config.json"]
+    problem = None
+    if not isinstance(records, list) or not isinstance(queries, list) or not isinstance(run_config, dict):
+        problem = "expected two JSON lists and a JSON object"
+    elif not records or len(records) != len(queries):
+        problem = f"{len(records)} round records and {len(queries)} queries, expected as many and at least one"
+    elif any(not isinstance(r, dict) or r.get("round") != i or r.get("strategy") != spec.key or r.get("seed") != seed
+             for i, r in enumerate(records)):
+        problem = f"rounds.json does not hold rounds 0..{len(records) - 1} of {spec.key} seed {seed}"
+    elif any(not isinstance(q, dict) or q.get("round") != i or not isinstance(q.get("items"), list)
+             for i, q in enumerate(queries)):
+        problem = f"queries.json does not hold the queries of rounds 0..{len(queries) - 1}"
+    if problem:
+        raise ValueError(f"Cannot replay {run_dir}: {problem}. Delete the folder to restart this run.")
+    _check_protocol(run_dir, run_config, protocol)
+    return records, queries
 
 
 def make_learner(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, net, round_of: Callable[[], int]):
@@ -460,10 +502,18 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     if state is not None and (state["exhausted"] or state["records"][-1]["cost"] >= config.budget - 1e-12):
         run_state.sync(state)
         return state["records"]
+    committed = _committed_records(run_dir, spec, seed, protocol) if state is None and resume and \
+        (run_dir / "rounds.json").exists() else None
+    if committed and committed[0][-1]["cost"] >= config.budget - 1e-12:
+        return committed[0]  # a finished run's records: nothing to continue
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The run's own configuration: config.json at the top holds the last invocation's only.
-    atomic_write_json(run_dir / "config.json", {**config.to_dict(), "strategies": [spec.key], "seeds": [seed],
-                                                "versions": _versions()})
+
+    def write_run_config():  # the run's own configuration: config.json at the top holds the last invocation's only
+        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "strategies": [spec.key], "seeds": [seed],
+                                                    "versions": _versions()})
+
+    if not committed:
+        write_run_config()
 
     image_index = np.asarray(store.image_index)
     n_patches, n_images = len(store), store.n_images
@@ -473,19 +523,23 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     level = learner.level
     # What a query ranks: the patches of the store, or the whole training images.
     query_pool = store.patches if level == "patch" else train.images
-    if state is None:
+    if committed:
+        state = _replay(config, spec, seed, data, learner, *committed, report=report)
+        round_, records, queries = state["round"], state["records"], state["queries"]
+        labelled_images = np.asarray(state["labelled_images"], dtype=np.intp)
+        state["protocol"] = protocol
+        write_run_config()
+        run_state.commit(state, net, round_)
+        if state["complete"]:
+            return records
+    elif state is None:
         init, init_patches = initial_set(store, config.step, seed)
         labelled_images = init
-        items = [{"image": train.names[i], "y": 0, "x": 0, "size": None} for i in init]
-        items += [{"image": train.names[image_index[i]], "y": int(store.coords[i][0]), "x": int(store.coords[i][1]),
-                   "size": int(store.patch_size)} for i in init_patches]
-        records, queries = [], [{"round": 0, "level": "image" if len(init) else "patch", "items": items}]
+        records, queries = [], [{"round": 0, "level": "image" if len(init) else "patch",
+                                 "items": _initial_items(data, init, init_patches)}]
         seed_round(net, config, seed, 0)
         start = time.perf_counter()
-        if len(init):
-            learner.teach_images(init)
-        else:
-            learner.teach_patches(init_patches)
+        _teach_initial(learner, init, init_patches)
         train_seconds = time.perf_counter() - start
         _kill_point("trained", 0)
         query_seconds = 0.0
@@ -554,12 +608,11 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         if level == "patch":
             scores, _ = learner.candidate_scores(query_pool)
             cu_cd = _cluster_criteria(config, scores.descriptors, seed, round_)
-            items = [{"image": train.names[image_index[i]], "y": int(store.coords[i][0]),
-                      "x": int(store.coords[i][1]), "size": int(store.patch_size)} for i in chosen]
+            items = _patch_items(data, chosen)
         else:
             cu_cd = (None, None)
             labelled_images = np.union1d(labelled_images, chosen)
-            items = [{"image": train.names[i], "y": 0, "x": 0, "size": None} for i in chosen]
+            items = _image_items(data, chosen)
         query_seconds = time.perf_counter() - start
         queries.append({"round": round_, "level": level, "items": items})
         seed_round(net, config, seed, round_)
@@ -567,6 +620,87 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         learner.teach(chosen)  # the simulated annotator: labels come from the store's ground truth
         train_seconds = time.perf_counter() - start
         _kill_point("trained", round_)
+
+
+def _image_items(data: BenchData, images) -> list[dict]:
+    return [{"image": data.train.names[i], "y": 0, "x": 0, "size": None} for i in images]
+
+
+def _patch_items(data: BenchData, rows) -> list[dict]:
+    store, image_index = data.store, np.asarray(data.store.image_index)
+    return [{"image": data.train.names[image_index[i]], "y": int(store.coords[i][0]), "x": int(store.coords[i][1]),
+             "size": int(store.patch_size)} for i in rows]
+
+
+def _initial_items(data: BenchData, images, patches) -> list[dict]:
+    """Round 0's query record: the initial whole images, or the initial patches."""
+    return _image_items(data, images) + _patch_items(data, patches)
+
+
+def _teach_initial(learner, images, patches) -> None:
+    if len(images):
+        learner.teach_images(images)
+    else:
+        learner.teach_patches(patches)
+
+
+def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, learner, records: list[dict],
+            queries: list[dict], *, report: Callable[[str], None]) -> dict:
+    """Rebuild a run's state from its committed records alone: retrain round by round on what each
+    round queried, with the round's seeds, and check the last round's test scores against the record.
+
+    A run's results can be committed without its weights (``state.json`` and the checkpoint are
+    run-time state): ``--resume`` then continues it from its last round at the cost of its training
+    (no scoring, no query), instead of restarting it. Every round reseeds training from
+    ``(seed, round)``, so the replay computes what the run did, to the last digit, where the
+    machine computes as the one that made it; where it does not, the replay's Dice differs from the
+    record and the run is refused (its folder left as it was) rather than continued from other weights.
+    """
+    store, train = data.store, data.train
+    run_dir = f"{spec.key} seed {seed}"
+    init, init_patches = initial_set(store, config.step, seed)
+    if queries[0]["items"] != _initial_items(data, init, init_patches):
+        raise ValueError(f"Cannot replay {run_dir}: its initial set is not this data's for seed {seed} (other "
+                         "images or another patch grid); use another --out-dir.")
+    rows = {(name, int(y), int(x)): i for i, (name, (y, x)) in
+            enumerate(zip((train.names[j] for j in np.asarray(store.image_index)), store.coords))}
+    images = {name: i for i, name in enumerate(train.names)}
+    labelled_images = init
+    start = time.perf_counter()
+    seed_round(learner.estimator, config, seed, 0)
+    _teach_initial(learner, init, init_patches)
+    for query in queries[1:]:
+        try:
+            if learner.level == "image":
+                chosen = np.array([images[item["image"]] for item in query["items"]], dtype=np.intp)
+                labelled_images = np.union1d(labelled_images, chosen)
+            else:
+                chosen = np.array([rows[item["image"], int(item["y"]), int(item["x"])] for item in query["items"]],
+                                  dtype=np.intp)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"Cannot replay {run_dir}: round {query['round']} queried {err}, which is not a "
+                             f"{learner.level} of this data; use another --out-dir.") from None
+        seed_round(learner.estimator, config, seed, query["round"])
+        learner.teach(chosen)
+    last = records[-1]
+    metrics = evaluate(learner.estimator, data.test)
+    revealed = learner.revealed_
+    if revealed.cost != last["cost"] or metrics["dice"] != last["dice"]:
+        raise ValueError(
+            f"Cannot replay {run_dir}: retrained to round {last['round']}, it gives cost {revealed.cost!r} and Dice "
+            f"{metrics['dice']!r} where its record says {last['cost']!r} and {last['dice']!r}: this machine or "
+            "these library versions compute otherwise than the one that made the run, so it cannot be continued "
+            "exactly. Its folder is left as it was; restart the run in another --out-dir, or resume it where it was made."
+        )
+    report(f"[{spec.key} seed {seed}] replayed rounds 0-{last['round']} from the committed records in "
+           f"{(time.perf_counter() - start) / 60:.1f} min: Dice {metrics['dice']:.4f} as recorded")
+    n_left = (len(train.images) if learner.level == "image" else len(store)) - len(learner.labelled_)
+    return {
+        "version": STATE_VERSION, "strategy": spec.key, "seed": seed, "round": last["round"], "protocol": {},
+        "labelled_patches": learner.train_rows_.tolist(), "labelled_images": np.asarray(labelled_images).tolist(),
+        "revealed": revealed.to_dict(), "records": records, "queries": queries, "weights": None,
+        "complete": bool(n_left == 0), "exhausted": bool(n_left == 0),
+    }
 
 
 def _round0_warning(out_dir: Path, spec: BenchStrategy, seed: int, first: dict) -> str | None:
