@@ -682,6 +682,8 @@ def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData
                              f"{learner.level} of this data; use another --out-dir.") from None
         seed_round(learner.estimator, config, seed, query["round"])
         learner.teach(chosen)
+        report(f"[{spec.key} seed {seed}] replayed round {query['round']} of {len(queries) - 1} "
+               f"({(time.perf_counter() - start) / 60:.1f} min)")
     last = records[-1]
     metrics = evaluate(learner.estimator, data.test)
     revealed = learner.revealed_
