@@ -598,7 +598,10 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
         self.lr_step_, self.lr_total_ = 0, int(n_epochs) * per_epoch
         # Dropout masks come from the global RNG: seeded here and restored after, a fit computes
         # the same in any process (a resumed run as an uninterrupted one) and leaves the caller's RNG alone.
-        devices = [self.device_.index or 0] if self.device_.type == "cuda" else []
+        if not hasattr(self, "module_rng_"):  # a net pickled before this stream existed
+            self.module_rng_ = self.rng_.spawn(1)[0]
+        cuda = self.device_.type == "cuda"
+        devices = [torch.cuda.current_device() if self.device_.index is None else self.device_.index] if cuda else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(self.module_rng_.integers(2**62)))
             return super().fit_loop(X, y, epochs=epochs, **fit_params)

@@ -524,10 +524,9 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     # What a query ranks: the patches of the store, or the whole training images.
     query_pool = store.patches if level == "patch" else train.images
     if committed:
-        state = _replay(config, spec, seed, data, learner, *committed, report=report)
+        state = _replay(config, spec, seed, data, learner, *committed, protocol=protocol, report=report)
         round_, records, queries = state["round"], state["records"], state["queries"]
         labelled_images = np.asarray(state["labelled_images"], dtype=np.intp)
-        state["protocol"] = protocol
         write_run_config()
         run_state.commit(state, net, round_)
         if state["complete"]:
@@ -645,7 +644,7 @@ def _teach_initial(learner, images, patches) -> None:
 
 
 def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, learner, records: list[dict],
-            queries: list[dict], *, report: Callable[[str], None]) -> dict:
+            queries: list[dict], *, protocol: dict, report: Callable[[str], None]) -> dict:
     """Rebuild a run's state from its committed records alone: retrain round by round on what each
     round queried, with the round's seeds, and check the last round's test scores against the record.
 
@@ -657,10 +656,10 @@ def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData
     record and the run is refused (its folder left as it was) rather than continued from other weights.
     """
     store, train = data.store, data.train
-    run_dir = f"{spec.key} seed {seed}"
+    run = f"{spec.key} seed {seed}"
     init, init_patches = initial_set(store, config.step, seed)
     if queries[0]["items"] != _initial_items(data, init, init_patches):
-        raise ValueError(f"Cannot replay {run_dir}: its initial set is not this data's for seed {seed} (other "
+        raise ValueError(f"Cannot replay {run}: its initial set is not this data's for seed {seed} (other "
                          "images or another patch grid); use another --out-dir.")
     rows = {(name, int(y), int(x)): i for i, (name, (y, x)) in
             enumerate(zip((train.names[j] for j in np.asarray(store.image_index)), store.coords))}
@@ -678,7 +677,7 @@ def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData
                 chosen = np.array([rows[item["image"], int(item["y"]), int(item["x"])] for item in query["items"]],
                                   dtype=np.intp)
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"Cannot replay {run_dir}: round {query['round']} queried {err}, which is not a "
+            raise ValueError(f"Cannot replay {run}: round {query['round']} queried {err}, which is not a "
                              f"{learner.level} of this data; use another --out-dir.") from None
         seed_round(learner.estimator, config, seed, query["round"])
         learner.teach(chosen)
@@ -689,7 +688,7 @@ def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData
     revealed = learner.revealed_
     if revealed.cost != last["cost"] or metrics["dice"] != last["dice"]:
         raise ValueError(
-            f"Cannot replay {run_dir}: retrained to round {last['round']}, it gives cost {revealed.cost!r} and Dice "
+            f"Cannot replay {run}: retrained to round {last['round']}, it gives cost {revealed.cost!r} and Dice "
             f"{metrics['dice']!r} where its record says {last['cost']!r} and {last['dice']!r}: this machine or "
             "these library versions compute otherwise than the one that made the run, so it cannot be continued "
             "exactly. Its folder is left as it was; restart the run in another --out-dir, or resume it where it was made."
@@ -698,7 +697,7 @@ def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData
            f"{(time.perf_counter() - start) / 60:.1f} min: Dice {metrics['dice']:.4f} as recorded")
     n_left = (len(train.images) if learner.level == "image" else len(store)) - len(learner.labelled_)
     return {
-        "version": STATE_VERSION, "strategy": spec.key, "seed": seed, "round": last["round"], "protocol": {},
+        "version": STATE_VERSION, "strategy": spec.key, "seed": seed, "round": last["round"], "protocol": protocol,
         "labelled_patches": learner.train_rows_.tolist(), "labelled_images": np.asarray(labelled_images).tolist(),
         "revealed": revealed.to_dict(), "records": records, "queries": queries, "weights": None,
         "complete": bool(n_left == 0), "exhausted": bool(n_left == 0),
