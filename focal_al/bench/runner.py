@@ -387,8 +387,10 @@ class RunState:
                 stale.unlink(missing_ok=True)
 
 
-def _existing_state(config: BenchConfig, spec: BenchStrategy, seed: int, out_dir: Path, resume: bool) -> dict | None:
-    """The committed state of a run, if any; refuses one that may not be continued under ``config``."""
+def _existing_state(config: BenchConfig, spec: BenchStrategy, seed: int, out_dir: Path,
+                    resume: bool) -> tuple[dict | None, tuple[list, list] | None]:
+    """The committed state of a run, if any, else its committed records to replay (``rounds.json``,
+    ``queries.json``), if any; refuses a run that may not be continued under ``config``."""
     run_dir = out_dir / "runs" / f"{spec.key}-seed{seed}"
     state = RunState(run_dir).load()
     protocol = {k: getattr(config, k) for k in PROTOCOL_FIELDS}
@@ -405,10 +407,10 @@ def _existing_state(config: BenchConfig, spec: BenchStrategy, seed: int, out_dir
                 f"{run_dir} already holds the records of {spec.key} seed {seed}. Pass --resume to continue "
                 f"them, or choose another --out-dir; nothing was overwritten."
             )
-        _committed_records(run_dir, spec, seed, protocol)
+        return None, _committed_records(run_dir, spec, seed, protocol)
     if state is not None:
         _check_protocol(run_dir, state["protocol"], protocol)
-    return state
+    return state, None
 
 
 def _check_protocol(run_dir: Path, saved: dict, protocol: dict) -> None:
@@ -497,13 +499,11 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     store, train, test = data.store, data.train, data.test
     run_dir = out_dir / "runs" / f"{spec.key}-seed{seed}"
     run_state = RunState(run_dir)
-    state = _existing_state(config, spec, seed, out_dir, resume)
+    state, committed = _existing_state(config, spec, seed, out_dir, resume)
     protocol = {k: getattr(config, k) for k in PROTOCOL_FIELDS}
     if state is not None and (state["exhausted"] or state["records"][-1]["cost"] >= config.budget - 1e-12):
         run_state.sync(state)
         return state["records"]
-    committed = _committed_records(run_dir, spec, seed, protocol) if state is None and resume and \
-        (run_dir / "rounds.json").exists() else None
     if committed and committed[0][-1]["cost"] >= config.budget - 1e-12:
         return committed[0]  # a finished run's records: nothing to continue
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -524,9 +524,11 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     # What a query ranks: the patches of the store, or the whole training images.
     query_pool = store.patches if level == "patch" else train.images
     if committed:
-        state = _replay(config, spec, seed, data, learner, *committed, protocol=protocol, report=report)
-        round_, records, queries = state["round"], state["records"], state["queries"]
-        labelled_images = np.asarray(state["labelled_images"], dtype=np.intp)
+        records, queries = committed
+        labelled_images = _replay(config, spec, seed, data, learner, records, queries, report=report)
+        round_ = records[-1]["round"]
+        state = _round_state(spec, seed, round_, protocol, learner, labelled_images, records, queries,
+                             n_pool=len(query_pool), weights=None, done=False)
         write_run_config()
         run_state.commit(state, net, round_)
         if state["complete"]:
@@ -582,17 +584,9 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
                 "train_seconds": train_seconds, "query_seconds": query_seconds,
                 "eval_seconds": time.perf_counter() - start, "threads": _torch_threads(),
             })
-            state = {
-                "version": STATE_VERSION, "strategy": spec.key, "seed": seed, "round": round_,
-                "protocol": protocol, "labelled_patches": labelled.tolist(),
-                "labelled_images": labelled_images.tolist(), "revealed": revealed.to_dict(),
-                "records": records, "queries": queries, "weights": state.get("weights") if state else None,
-                "complete": False, "exhausted": False,
-            }
-            done = revealed.cost >= config.budget - 1e-12
-            n_left = len(query_pool) - len(learner.labelled_)
-            state["exhausted"] = bool(n_left == 0)
-            state["complete"] = bool(done or n_left == 0)
+            state = _round_state(spec, seed, round_, protocol, learner, labelled_images, records, queries,
+                                 n_pool=len(query_pool), weights=state.get("weights") if state else None,
+                                 done=revealed.cost >= config.budget - 1e-12)
             run_state.commit(state, net, round_)
             report(_progress_line(spec, seed, records, config.budget))
             if round_ == 0 and (warning := _round0_warning(out_dir, spec, seed, records[0])):
@@ -643,10 +637,23 @@ def _teach_initial(learner, images, patches) -> None:
         learner.teach_patches(patches)
 
 
+def _round_state(spec: BenchStrategy, seed: int, round_: int, protocol: dict, learner, labelled_images,
+                 records: list[dict], queries: list[dict], *, n_pool: int, weights: str | None, done: bool) -> dict:
+    """The state committed after a round: what ``--resume`` needs to continue the run from it."""
+    exhausted = len(learner.labelled_) == n_pool
+    return {
+        "version": STATE_VERSION, "strategy": spec.key, "seed": seed, "round": round_, "protocol": protocol,
+        "labelled_patches": learner.train_rows_.tolist(), "labelled_images": np.asarray(labelled_images).tolist(),
+        "revealed": learner.revealed_.to_dict(), "records": records, "queries": queries, "weights": weights,
+        "complete": bool(done or exhausted), "exhausted": bool(exhausted),
+    }
+
+
 def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, learner, records: list[dict],
-            queries: list[dict], *, protocol: dict, report: Callable[[str], None]) -> dict:
-    """Rebuild a run's state from its committed records alone: retrain round by round on what each
+            queries: list[dict], *, report: Callable[[str], None]) -> np.ndarray:
+    """Rebuild a run's learner from its committed records alone: retrain round by round on what each
     round queried, with the round's seeds, and check the last round's test scores against the record.
+    Returns the labelled images (image-level strategies; the initial ones otherwise).
 
     A run's results can be committed without its weights (``state.json`` and the checkpoint are
     run-time state): ``--resume`` then continues it from its last round at the cost of its training
@@ -695,13 +702,7 @@ def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData
         )
     report(f"[{spec.key} seed {seed}] replayed rounds 0-{last['round']} from the committed records in "
            f"{(time.perf_counter() - start) / 60:.1f} min: Dice {metrics['dice']:.4f} as recorded")
-    n_left = (len(train.images) if learner.level == "image" else len(store)) - len(learner.labelled_)
-    return {
-        "version": STATE_VERSION, "strategy": spec.key, "seed": seed, "round": last["round"], "protocol": protocol,
-        "labelled_patches": learner.train_rows_.tolist(), "labelled_images": np.asarray(labelled_images).tolist(),
-        "revealed": revealed.to_dict(), "records": records, "queries": queries, "weights": None,
-        "complete": bool(n_left == 0), "exhausted": bool(n_left == 0),
-    }
+    return np.asarray(labelled_images, dtype=np.intp)
 
 
 def _round0_warning(out_dir: Path, spec: BenchStrategy, seed: int, first: dict) -> str | None:
