@@ -635,6 +635,27 @@ def test_bald_criterion_with_mc_dropout_in_the_bench(tmp_path):
     assert bad.exit_code != 0 and "mc_samples" in bad.output and "dropout" in bad.output
 
 
+def test_random_baselines_skip_the_scoring_extras_of_their_folder(tmp_path, monkeypatch):
+    """A folder run with --mc-samples pays the MC-dropout passes only for the strategies that read them."""
+    from focal_al.estimator import SegmentationNet
+
+    calls = []
+    bald = SegmentationNet._bald
+    monkeypatch.setattr(SegmentationNet, "_bald", lambda self, xb, dropouts: calls.append(len(xb)) or bald(self, xb, dropouts))
+    run_bench(tiny(tmp_path / "a", strategies=("random-patch",), dropout=0.3, mc_samples=2),
+              with_full_supervision=False, quiet=True)
+    assert calls == []
+    run_bench(tiny(tmp_path / "b", strategies=("iu(uncertainty=bald)",), dropout=0.3, mc_samples=2),
+              with_full_supervision=False, quiet=True)
+    assert calls  # the BALD run scores with them
+    # Training is the folder's (dropout on): the random run's records are those of a folder without MC passes.
+    run_bench(tiny(tmp_path / "c", strategies=("random-patch",), dropout=0.3, mc_samples=0),
+              with_full_supervision=False, quiet=True)
+    records = [without_timings(read_json(tmp_path / folder / "runs" / "random-patch-seed0" / "rounds.json"))
+               for folder in ("a", "c")]
+    assert records[0] == records[1] and len(records[0]) >= 2
+
+
 def test_badge_runs_with_gradient_embeddings_and_is_refused_without(tmp_path):
     base = ["bench", *TINY_CLI, "--strategies", "badge", "--seeds", "0", "--budget", "0.2", "--no-full-supervision"]
     refused = CliRunner().invoke(main, [*base, "--out-dir", str(tmp_path / "p")])

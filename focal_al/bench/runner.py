@@ -43,6 +43,9 @@ PROTOCOL_FIELDS = (
 )
 #: Strategies that read the ground truth (``extras["foreground_fraction"]``): oracle-assisted baselines.
 ORACLE_STRATEGIES = ("random-foreground",)
+#: Baselines whose choice reads no score: their nets skip the scoring pass's optional extras (TTA views,
+#: MC-dropout passes, gradient embeddings), which a folder's protocol turns on for the strategies that read them.
+SCORE_FREE_STRATEGIES = ("random-patch", "random-image", "random-foreground")
 #: Test hook: ``FOCAL_AL_BENCH_KILL_AT=<point>:<round>`` SIGKILLs the process at a named point.
 KILL_ENV = "FOCAL_AL_BENCH_KILL_AT"
 KILL_POINTS = ("trained", "evaluated", "weights-saved", "state-saved")
@@ -170,8 +173,13 @@ def initial_set(store, step: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.empty(0, dtype=np.intp), np.sort(patches).astype(np.intp)
 
 
-def make_net(config: BenchConfig, network: str, seed: int):
-    """A fresh segmentation network for a run (ED-ConvNet or the FCN of Suggestive Annotation)."""
+def make_net(config: BenchConfig, network: str, seed: int, *, score_extras: bool = True):
+    """A fresh segmentation network for a run (ED-ConvNet or the FCN of Suggestive Annotation).
+
+    ``score_extras=False`` leaves out what ``--tta``, ``--mc-samples`` and ``--gradients`` add to the
+    scoring pass (8 views, T dropout passes, gradient embeddings) for a strategy that reads none of
+    it: training is the same, and so are the entropies and descriptors of the one plain pass.
+    """
     from focal_al.estimator import SegmentationNet
     from focal_al.nets import FCN, EDConvNet
 
@@ -192,9 +200,9 @@ def make_net(config: BenchConfig, network: str, seed: int):
         batch_size=config.batch_size,
         max_epochs=1,
         warm_start=config.warm_start,
-        score_tta=config.tta,
-        score_gradients=config.gradients,
-        mc_samples=config.mc_samples if network == "ed-convnet" else 0,
+        score_tta=config.tta and score_extras,
+        score_gradients=config.gradients and score_extras,
+        mc_samples=config.mc_samples if network == "ed-convnet" and score_extras else 0,
         random_state=seed,
         device=config.device,
         **steps,
@@ -517,7 +525,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
 
     image_index = np.asarray(store.image_index)
     n_patches, n_images = len(store), store.n_images
-    net = make_net(config, spec.network, seed)
+    net = make_net(config, spec.network, seed, score_extras=spec.strategy not in SCORE_FREE_STRATEGIES)
     round_ = 0 if state is None else state["round"]
     learner = make_learner(config, spec, seed, data, net, lambda: round_)
     level = learner.level
