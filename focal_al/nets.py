@@ -91,6 +91,16 @@ class _SegmentationModule(nn.Module):
 
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(N, n_classes, H, W)`` and the bottleneck map ``(N, descriptor_dim, H / 2**depth, W / 2**depth)``."""
+        return self.decode(self.encode(x))
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's feature maps of ``x``, one per level, the bottleneck last."""
+        self._check_input(x)
+        return self.encoder(x)
+
+    def decode(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and bottleneck map from :meth:`encode`'s features: ``forward_maps`` without the encoder,
+        so that MC-dropout passes after the encoder share one encoder pass."""
         raise NotImplementedError
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -163,10 +173,7 @@ class EDConvNet(_SegmentationModule):
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(current, n_classes, 1)
 
-    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(N, n_classes, H, W)`` and the bottleneck map ``(N, descriptor_dim, H / 2**depth, W / 2**depth)``."""
-        self._check_input(x)
-        features = self.encoder(x)
+    def decode(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         bottleneck = features[-1]
         y = self.dropout(bottleneck)
         for block, skip in zip(self.decoder, reversed(features[:-1])):
@@ -211,10 +218,8 @@ class FCN(_SegmentationModule):
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(current, n_classes, 1)
 
-    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(N, n_classes, H, W)`` and the bottleneck map ``(N, descriptor_dim, H / 2**depth, W / 2**depth)``."""
-        self._check_input(x)
-        bottleneck = self.encoder(x)[-1]
+    def decode(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        bottleneck = features[-1]
         y = bottleneck
         for block in self.decoder:
             y = block(F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False))

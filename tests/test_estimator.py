@@ -431,6 +431,34 @@ def test_mc_dropout_bald_is_reproducible_and_needs_dropout():
     np.testing.assert_array_equal(a.score_pool(X).entropy, b.score_pool(X).entropy)
 
 
+def test_mc_dropout_passes_share_one_encoder_pass_and_give_the_full_passes_numbers():
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
+    y = rng.integers(0, 2, (5, 16, 16), dtype=np.uint8)
+    net = SegmentationNet(module__width=2, module__depth=2, module__dropout=0.5, max_epochs=1, batch_size=2,
+                          mc_samples=3, random_state=0).fit(X, y)
+    module = net.module_
+    encoded, decoded = [], []
+    encode, decode = module.encode, module.decode
+    module.encode = lambda x: encoded.append(len(x)) or encode(x)
+    module.decode = lambda features: decoded.append(len(features[0])) or decode(features)
+    shared = net.score_pool(X).extras["bald"]
+    # Per batch (2, 2, 1 patches): the plain pass, then one encoder pass for 3 MC-dropout decoder passes.
+    assert encoded == [2, 2, 2, 2, 1, 1] and decoded == [2] * 8 + [1] * 4
+
+    class WholePasses(torch.nn.Module):  # no encode/decode: every MC pass runs the whole network
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    del module.encode, module.decode
+    net.module_ = WholePasses(module)
+    np.testing.assert_array_equal(net.score_pool(X).extras["bald"], shared)
+
+
 def test_gradient_embedding_is_the_head_gradient_under_predicted_labels():
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
