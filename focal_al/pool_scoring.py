@@ -144,7 +144,8 @@ class PoolScoring:
 
         When every dropout layer is past the encoder (EDConvNet's, on the bottleneck) and the module
         can ``decode`` its ``encode``'s features, the T passes share one encoder pass: the same
-        numbers, since the encoder draws nothing at random, for about 40 % less work.
+        numbers, since the encoder draws nothing at random, in about two thirds of the time
+        (`benchmarks/bench_scoring.py`).
         """
         import zlib
 
