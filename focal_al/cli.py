@@ -121,16 +121,22 @@ def _csv(kind):
 @click.option("--device", help="auto, cpu or cuda.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Output folder [default: bench-out/<preset>].")
 @click.option("--resume", is_flag=True, help="Continue the runs found in --out-dir from their last completed round.")
+@click.option("--accept-replay-drift", is_flag=True,
+              help="With --resume: continue a run committed without its weights even where replaying its rounds on "
+                   "this machine does not give the recorded Dice (another CPU computes otherwise), from the replayed "
+                   "weights; the run's record notes it and the report marks its pairs. Without it such a run is refused.")
 @click.option("--grid", is_flag=True, help="Table 2 sweep of FocAnnot over patch size x overlap x clusters.")
 @click.option("--full-supervision/--no-full-supervision", default=True, show_default=True,
               help="Also train on every training pixel, the ceiling the curves are compared with.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, jobs, **options):
+def bench(preset, resume, accept_replay_drift, grid, full_supervision, quiet, out_dir, threads, jobs, **options):
     """Reproduce the paper's experiment: learning curves of query strategies against annotation cost."""
     from focal_al.bench.config import preset_config
     from focal_al.bench.runner import run_bench, run_grid
 
     try:
+        if accept_replay_drift and not resume:
+            raise ValueError("--accept-replay-drift continues runs: it needs --resume.")
         if threads is None:
             import os
 
@@ -141,10 +147,12 @@ def bench(preset, resume, grid, full_supervision, quiet, out_dir, threads, jobs,
 
             torch.set_num_threads(config.threads)
         if grid:
-            for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet, jobs=jobs):
+            for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet, jobs=jobs,
+                                 accept_drift=accept_replay_drift):
                 click.echo(path)
         else:
-            click.echo(run_bench(config, resume=resume, quiet=quiet, with_full_supervision=full_supervision, jobs=jobs))
+            click.echo(run_bench(config, resume=resume, quiet=quiet, with_full_supervision=full_supervision, jobs=jobs,
+                                 accept_drift=accept_replay_drift))
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
         raise click.ClickException(str(err)) from err
 

@@ -461,6 +461,43 @@ def test_replay_that_computes_otherwise_is_refused_and_writes_nothing(replay_ref
     assert snapshot(run) == before
 
 
+def test_replay_drift_continues_only_when_accepted_and_is_marked_in_the_comparison(replay_reference, tmp_path):
+    """--accept-replay-drift: a run whose replay computes otherwise goes on from the replayed weights,
+    the last replayed record says so, and the paired comparison marks its pairs."""
+    from focal_al.bench.report import render_comparison
+    from focal_al.bench.stats import paired_comparison
+
+    out, run = committed_without_state(replay_reference, tmp_path, 3)
+    records = read_json(run / "rounds.json")
+    records[-1]["dice"] += 1e-9  # as a run made on a machine whose kernels round otherwise
+    (run / "rounds.json").write_text(json.dumps(records))
+    run_bench(tiny(out, **REPLAY_CONFIG), resume=True, accept_drift=True, quiet=True, with_full_supervision=False)
+    _, reference, _ = replay_reference
+    continued = read_json(run / "rounds.json")
+    assert continued[:2] == records[:2]  # the committed rounds as they were
+    drift = continued[2].pop("replay_drift")
+    assert continued[2] == records[2]
+    assert (drift["round"], drift["recorded_dice"], drift["replayed_dice"]) == (2, records[2]["dice"], reference[2]["dice"])
+    assert without_timings(continued[3:]) == without_timings(reference[3:])  # went on from the replayed weights
+    assert read_json(run / "state.json")["complete"]
+
+    continued[2]["replay_drift"] = drift
+    baseline = [{**r, "strategy": "random-patch", "label": "Random patches"} for r in reference]
+    exact = paired_comparison(reference + baseline, baseline="random-patch")
+    marked = paired_comparison(continued + baseline, baseline="random-patch")
+    assert exact[0]["replay_drift"] == [] and "†" not in "\n".join(render_comparison(exact, baseline_label="Random patches"))
+    assert [(d["seed"], d["round"]) for d in marked[0]["replay_drift"]] == [(0, 2)]
+    text = "\n".join(render_comparison(marked, baseline_label="Random patches"))
+    assert "†" in text and "--accept-replay-drift" in text
+
+
+def test_accept_replay_drift_needs_resume(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--out-dir", str(tmp_path), "--accept-replay-drift", "--quiet"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--accept-replay-drift" in result.output and "--resume" in result.output
+    assert not any(tmp_path.iterdir())
+
+
 def test_finished_run_committed_without_weights_is_kept_as_it_is(replay_reference, tmp_path):
     out, run = committed_without_state(replay_reference, tmp_path, len(replay_reference[1]))
     records_before = (run / "rounds.json").read_bytes()

@@ -193,6 +193,10 @@ def _record_problems(record: Any) -> list[str]:
         value = record.get(key)
         if value is not None and not _is_number(value):
             problems.append(f"{key!r} must be a finite number or null, got {value!r}")
+    drift = record.get("replay_drift")  # see focal_al.bench.stats.replay_drifts
+    if drift is not None and not (isinstance(drift, dict) and _is_int(drift.get("round"))
+                                  and all(_is_number(drift.get(k)) for k in ("recorded_dice", "replayed_dice"))):
+        problems.append(f"'replay_drift' must be an object with 'round', 'recorded_dice' and 'replayed_dice', got {drift!r}")
     return problems
 
 

@@ -494,14 +494,15 @@ def _ranges(comparison: Sequence[dict]) -> str:
 
 
 def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
-    """A note for each strategy whose pairs do not share round 0 (see ``stats.round0_difference``)."""
+    """A note for each strategy whose pairs do not share round 0 (see ``stats.round0_difference``) or
+    hold a run continued from weights replayed otherwise (``stats.replay_drifts``)."""
     lines = []
     for c in comparison:
         differs = c.get("round0_differs") or []
-        if not differs:
-            continue
         seeds = ("seeds " if len(differs) > 1 else "seed ") + ", ".join(str(d["seed"]) for d in differs)
-        if any(d["initial_set_differs"] for d in differs):
+        if not differs:
+            pass
+        elif any(d["initial_set_differs"] for d in differs):
             costs = "; ".join(f"{100 * d['cost']:.2f} % vs {100 * d['baseline_cost']:.2f} %" for d in differs)
             lines += [f"† {_cell(c['label'])}, {seeds}: its initial labelled set is not that of the {baseline_label} "
                       f"run of the same seed (round 0 cost {costs}), so these pairs do not compare like with like.", ""]
@@ -511,6 +512,13 @@ def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
                       f"set as the {baseline_label} run of the same seed, yet its Dice differs ({dice}). The runs were computed on "
                       "different machines or library versions (each run's `config.json` records them), so these "
                       "paired differences hold that numerical noise beside the strategies' effect.", ""]
+        drifts = c.get("replay_drift") or []
+        if drifts:
+            where = "; ".join(f"{_cell(d['strategy'])} seed {d['seed']} after round {d['round']} (Dice "
+                              f"{d['replayed_dice']:.4f} replayed vs {d['recorded_dice']:.4f} recorded)" for d in drifts)
+            lines += [f"† {_cell(c['label'])}: a run of these pairs was continued on another machine from weights that "
+                      f"its replay computed otherwise ({where}; `--accept-replay-drift`), so these paired differences "
+                      "hold that numerical noise beside the strategies' effect.", ""]
     return lines
 
 
@@ -524,7 +532,7 @@ def render_comparison(comparison: Sequence[dict], *, baseline_label: str) -> lis
         lines += [f"## Which strategy? Paired comparison with {baseline_label}", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for c in comparison:
-            mark = " †" if c.get("round0_differs") else ""
+            mark = " †" if c.get("round0_differs") or c.get("replay_drift") else ""
             cells = [_cell(c["label"]), f"**{c['verdict']}**{mark}", str(c["aubc"]["n"]), _fmt_interval(c["aubc"])]
             cells += [_fmt_interval(d) for d in c["dice_at"]]
             lines.append("| " + " | ".join(cells) + " |")

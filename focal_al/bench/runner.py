@@ -500,8 +500,14 @@ def make_learner(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
 
 
 def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, out_dir: Path, *,
-                 resume: bool = False, report: Callable[[str], None] = lambda line: None) -> list[dict]:
-    """Run (or continue) one strategy under one seed to the budget; returns its round records."""
+                 resume: bool = False, accept_drift: bool = False,
+                 report: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """Run (or continue) one strategy under one seed to the budget; returns its round records.
+
+    ``accept_drift``: continue a run whose replay (``resume`` of records committed without their
+    weights) does not give the recorded Dice on this machine, from the replayed weights; the last
+    replayed round's record notes it (``replay_drift``) and the report marks the run's pairs.
+    """
     from focal_al.cost import RevealedPixels
 
     store, train, test = data.store, data.train, data.test
@@ -533,7 +539,10 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     query_pool = store.patches if level == "patch" else train.images
     if committed:
         records, queries = committed
-        labelled_images = _replay(config, spec, seed, data, learner, records, queries, report=report)
+        labelled_images, drift = _replay(config, spec, seed, data, learner, records, queries, report=report,
+                                         accept_drift=accept_drift, made_on=_recorded_cpu(run_dir))
+        if drift:  # the last replayed round's record says from which weights the run went on
+            records[-1] = {**records[-1], "replay_drift": drift}
         round_ = records[-1]["round"]
         state = _round_state(spec, seed, round_, protocol, learner, labelled_images, records, queries,
                              n_pool=len(query_pool), weights=None, done=False)
@@ -658,10 +667,13 @@ def _round_state(spec: BenchStrategy, seed: int, round_: int, protocol: dict, le
 
 
 def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, learner, records: list[dict],
-            queries: list[dict], *, report: Callable[[str], None]) -> np.ndarray:
+            queries: list[dict], *, report: Callable[[str], None], accept_drift: bool = False,
+            made_on: str | None = None) -> tuple[np.ndarray, dict | None]:
     """Rebuild a run's learner from its committed records alone: retrain round by round on what each
     round queried, with the round's seeds, and check the last round's test scores against the record.
-    Returns the labelled images (image-level strategies; the initial ones otherwise).
+    Returns the labelled images (image-level strategies; the initial ones otherwise) and the drift:
+    None where the replay gave the recorded Dice, else (only with ``accept_drift``) a dict of the
+    round, the recorded and the replayed Dice, the CPU that made the run (``made_on``) and this one.
 
     A run's results can be committed without its weights (``state.json`` and the checkpoint are
     run-time state): ``--resume`` then continues it from its last round at the cost of its training
@@ -701,16 +713,31 @@ def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData
     last = records[-1]
     metrics = evaluate(learner.estimator, data.test)
     revealed = learner.revealed_
-    if revealed.cost != last["cost"] or metrics["dice"] != last["dice"]:
+    minutes = (time.perf_counter() - start) / 60
+    if revealed.cost != last["cost"]:  # the same queries reveal the same pixels on any machine
         raise ValueError(
-            f"Cannot replay {run}: retrained to round {last['round']}, it gives cost {revealed.cost!r} and Dice "
-            f"{metrics['dice']!r} where its record says {last['cost']!r} and {last['dice']!r}: this machine or "
-            "these library versions compute otherwise than the one that made the run, so it cannot be continued "
-            "exactly. Its folder is left as it was; restart the run in another --out-dir, or resume it where it was made."
+            f"Cannot replay {run}: retrained to round {last['round']}, it reveals cost {revealed.cost!r} where its "
+            f"record says {last['cost']!r}: the records do not fit this data. Its folder is left as it was; "
+            "use another --out-dir."
         )
-    report(f"[{spec.key} seed {seed}] replayed rounds 0-{last['round']} from the committed records in "
-           f"{(time.perf_counter() - start) / 60:.1f} min: Dice {metrics['dice']:.4f} as recorded")
-    return np.asarray(labelled_images, dtype=np.intp)
+    if metrics["dice"] == last["dice"]:
+        report(f"[{spec.key} seed {seed}] replayed rounds 0-{last['round']} from the committed records in "
+               f"{minutes:.1f} min: Dice {metrics['dice']:.4f} as recorded")
+        return np.asarray(labelled_images, dtype=np.intp), None
+    if not accept_drift:
+        raise ValueError(
+            f"Cannot replay {run}: retrained to round {last['round']}, it gives Dice {metrics['dice']!r} where its "
+            f"record says {last['dice']!r}: this machine or these library versions compute otherwise than the one "
+            f"that made the run ({made_on or 'not recorded'}), so it cannot be continued exactly. Its folder is "
+            "left as it was; resume it where it was made, restart it in another --out-dir, or pass "
+            "--accept-replay-drift to continue it from these weights (its pairs are then marked in the report)."
+        )
+    drift = {"round": last["round"], "recorded_dice": last["dice"], "replayed_dice": metrics["dice"],
+             "made_on": made_on, "continued_on": _cpu()}
+    report(f"[{spec.key} seed {seed}] replayed rounds 0-{last['round']} in {minutes:.1f} min: Dice "
+           f"{metrics['dice']:.4f} where the record says {last['dice']:.4f} (made on {made_on or 'a CPU not recorded'}, "
+           f"continued on {drift['continued_on']}); continuing from these weights (--accept-replay-drift)")
+    return np.asarray(labelled_images, dtype=np.intp), drift
 
 
 def _round0_warning(out_dir: Path, spec: BenchStrategy, seed: int, first: dict) -> str | None:
@@ -799,6 +826,14 @@ def _cpu() -> str:
     caps = [f"{var}={os.environ[var]}" for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(var)]
     detail = ", ".join(([isa] if isa else []) + caps)
     return f"{name} ({detail})" if detail else name
+
+
+def _recorded_cpu(run_dir: Path) -> str | None:
+    """The CPU that a run's ``config.json`` says made it (None where it does not say)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text())["versions"]["cpu"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _versions() -> dict:
@@ -909,7 +944,7 @@ def check_protocol_fits(config: BenchConfig, data: BenchData, specs: list[BenchS
 
 
 def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
-              with_full_supervision: bool = True, jobs: int = 1) -> Path:
+              with_full_supervision: bool = True, jobs: int = 1, accept_drift: bool = False) -> Path:
     """Run every strategy under every seed of ``config`` into ``config.out_dir``; write the report.
 
     ``jobs`` > 1 runs that many (strategy, seed) runs at once, each in its own process with
@@ -951,11 +986,11 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
                 report(f"run {k}/{len(runs)} {line}{left}")
 
             records = run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume,
-                                   report=run_report)
+                                   accept_drift=accept_drift, report=run_report)
             if records:
                 durations.append(sum(_round_seconds(r) for r in records))
     else:
-        _run_in_parallel(config, runs, out_dir, resume=resume, quiet=quiet, jobs=jobs,
+        _run_in_parallel(config, runs, out_dir, resume=resume, accept_drift=accept_drift, quiet=quiet, jobs=jobs,
                          with_full_supervision=with_full_supervision, report=report)
     report(f"{len(runs)} runs in {(time.perf_counter() - started) / 60:.1f} min")
     path = write_report(out_dir, query_images=dict(zip(data.train.names, data.train.images)),
@@ -1005,7 +1040,8 @@ def _printer(quiet: bool) -> Callable[[str], None]:
     return (lambda line: None) if quiet else (lambda line: print(line, flush=True))
 
 
-def _job(config: BenchConfig, name: str | None, seed: int, out_dir: Path, resume: bool, quiet: bool) -> float:
+def _job(config: BenchConfig, name: str | None, seed: int, out_dir: Path, resume: bool, accept_drift: bool,
+         quiet: bool) -> float:
     """One run (or full supervision when ``name`` is None) in a worker process; returns its seconds."""
     import torch
 
@@ -1017,11 +1053,13 @@ def _job(config: BenchConfig, name: str | None, seed: int, out_dir: Path, resume
     if name is None:
         full_supervision(config, data, out_dir, seed=seed, report=report)
     else:
-        run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume, report=report)
+        run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume, accept_drift=accept_drift,
+                     report=report)
     return time.perf_counter() - start
 
 
-def _run_in_parallel(config: BenchConfig, runs: list[tuple[str, int]], out_dir: Path, *, resume: bool, quiet: bool,
+def _run_in_parallel(config: BenchConfig, runs: list[tuple[str, int]], out_dir: Path, *, resume: bool,
+                     accept_drift: bool, quiet: bool,
                      jobs: int, with_full_supervision: bool, report: Callable[[str], None]) -> None:
     """Runs in ``jobs`` spawned processes; the first failure cancels what has not started and is raised."""
     import multiprocessing
@@ -1032,7 +1070,7 @@ def _run_in_parallel(config: BenchConfig, runs: list[tuple[str, int]], out_dir: 
            f"in {jobs} processes of {config.threads or 'default'} torch thread(s) each")
     started, done = time.perf_counter(), 0
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_job, config, name, seed, out_dir, resume, quiet): (name, seed) for name, seed in todo}
+        futures = {pool.submit(_job, config, name, seed, out_dir, resume, accept_drift, quiet): (name, seed) for name, seed in todo}
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -1052,7 +1090,8 @@ def _run_in_parallel(config: BenchConfig, runs: list[tuple[str, int]], out_dir: 
                        + (f"; ~{left / 60:.0f} min left" if done < len(todo) else ""))
 
 
-def run_grid(config: BenchConfig, *, resume: bool = False, quiet: bool = False, jobs: int = 1) -> list[Path]:
+def run_grid(config: BenchConfig, *, resume: bool = False, quiet: bool = False, jobs: int = 1,
+             accept_drift: bool = False) -> list[Path]:
     """Table 2: FocAnnot over patch size x overlap x clusters, one output folder per combination.
 
     Patch sizes are the paper's (64, 128, 256) scaled by ``config.scale``.
@@ -1064,5 +1103,6 @@ def run_grid(config: BenchConfig, *, resume: bool = False, quiet: bool = False, 
                 l = int(round(size * config.scale))
                 sub = config.replace(patch_size=l, overlap=overlap, clusters=k,
                                      out_dir=str(Path(config.out_dir) / f"grid-l{l}-rho{overlap:g}-k{k}"))
-                reports.append(run_bench(sub, resume=resume, quiet=quiet, with_full_supervision=False, jobs=jobs))
+                reports.append(run_bench(sub, resume=resume, quiet=quiet, with_full_supervision=False, jobs=jobs,
+                                         accept_drift=accept_drift))
     return reports

@@ -82,7 +82,9 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
         same range for every seed: the largest first and the smallest last cost of all runs of
         both strategies), ``dice_at`` (list of ``{"budget", **interval}``) and ``verdict``
         (from the AUBC interval), ``round0_differs``: the seeds whose round 0 is not the
-        baseline's although the protocol makes it so (see :func:`round0_difference`).
+        baseline's although the protocol makes it so (see :func:`round0_difference`), and
+        ``replay_drift``: where a run of the pairs (the strategy's or the baseline's) went on from
+        weights replayed on a machine that computes otherwise (see :func:`replay_drifts`).
     """
     runs = _runs(records)
     if baseline not in runs:
@@ -107,6 +109,8 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
         aubc_interval = mean_interval(aubc_diffs)
         same_net = strategy_network(strategy) == strategy_network(baseline)
         round0 = [round0_difference(s, by_seed[s][0], runs[baseline][s][0], same_net) for s in seeds]
+        drifts = [{"seed": s, "strategy": r[0]["strategy"], **d} for s in seeds
+                  for r in (by_seed[s], runs[baseline][s]) for d in replay_drifts(r)]
         out.append({
             "strategy": strategy,
             "label": by_seed[min(by_seed)][0].get("label", strategy),
@@ -116,6 +120,7 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
             "dice_at": [{"budget": b, **mean_interval(dice_diffs[b])} for b in budgets],
             "verdict": verdict(aubc_interval),
             "round0_differs": [d for d in round0 if d is not None],
+            "replay_drift": drifts,
         })
     return out
 
@@ -124,6 +129,18 @@ def strategy_network(key: str) -> str:
     """The network a strategy key trains (Table 1's; ED-ConvNet for any other strategy)."""
     base, _ = parse_strategy_spec(key)
     return TABLE1[base].network if base in TABLE1 else "ed-convnet"
+
+
+def replay_drifts(run: Sequence[dict]) -> list[dict]:
+    """Where a run went on from weights that a replay on another machine computed otherwise.
+
+    ``focal-al bench --resume --accept-replay-drift`` retrains a run committed without its weights
+    from its recorded queries; where the machine computes otherwise than the one that made it, the
+    last replayed round's record keeps a ``replay_drift`` note (``round``, ``recorded_dice``,
+    ``replayed_dice``, the CPUs): the rounds after it come from other weights than the recorded
+    curve's, so the run's paired differences hold that numerical noise too.
+    """
+    return [r["replay_drift"] for r in run if isinstance(r.get("replay_drift"), dict)]
 
 
 def round0_difference(seed: int, first: dict, base_first: dict, same_net: bool) -> dict | None:
