@@ -514,10 +514,11 @@ def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
                       "paired differences hold that numerical noise beside the strategies' effect.", ""]
         drifts = c.get("replay_drift") or []
         if drifts:
-            where = "; ".join(f"{_cell(d['strategy'])} seed {d['seed']} after round {d['round']} (Dice "
-                              f"{d['replayed_dice']:.4f} replayed vs {d['recorded_dice']:.4f} recorded)" for d in drifts)
-            lines += [f"† {_cell(c['label'])}: a run of these pairs was continued on another machine from weights that "
-                      f"its replay computed otherwise ({where}; `--accept-replay-drift`), so these paired differences "
+            where = "; ".join(f"{_cell(d['strategy'])} seed {d['seed']} after round {d['round']}, Dice "
+                              f"{d['replayed_dice']:.4f} replayed where {d['recorded_dice']:.4f} was recorded"
+                              for d in drifts)
+            lines += [f"† {_cell(c['label'])}: a run of these pairs went on from weights that its replay on another "
+                      f"machine computed otherwise (`--accept-replay-drift`: {where}), so these paired differences "
                       "hold that numerical noise beside the strategies' effect.", ""]
     return lines
 
