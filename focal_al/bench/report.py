@@ -500,13 +500,11 @@ def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
     for c in comparison:
         differs = c.get("round0_differs") or []
         seeds = ("seeds " if len(differs) > 1 else "seed ") + ", ".join(str(d["seed"]) for d in differs)
-        if not differs:
-            pass
-        elif any(d["initial_set_differs"] for d in differs):
+        if any(d["initial_set_differs"] for d in differs):
             costs = "; ".join(f"{100 * d['cost']:.2f} % vs {100 * d['baseline_cost']:.2f} %" for d in differs)
             lines += [f"† {_cell(c['label'])}, {seeds}: its initial labelled set is not that of the {baseline_label} "
                       f"run of the same seed (round 0 cost {costs}), so these pairs do not compare like with like.", ""]
-        else:
+        elif differs:
             dice = "; ".join(f"seed {d['seed']}: {d['dice']:.4f} vs {d['baseline_dice']:.4f}" for d in differs)
             lines += [f"† {_cell(c['label'])}, {seeds}: round 0 trains the same network on the same initial "
                       f"set as the {baseline_label} run of the same seed, yet its Dice differs ({dice}). The runs were computed on "
