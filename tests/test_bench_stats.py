@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from focal_al.bench.report import render_report, summarize
-from focal_al.bench.stats import curve_noise, mean_interval, paired_comparison, verdict
+from focal_al.bench.report import _runs
+from focal_al.bench.stats import aubc_contrast, curve_noise, mean_interval, paired_comparison, verdict
 
 
 def run(strategy, seed, dice, costs=(0.025, 0.05, 0.1, 0.2, 0.3)):
@@ -49,6 +50,25 @@ def test_paired_comparison_verdicts():
     assert by["good"]["dice_at"][1]["mean"] == pytest.approx(0.052)
     # The seed noise is shared by both strategies of a seed: pairing removes it.
     assert by["good"]["aubc"]["high"] - by["good"]["aubc"]["low"] < 0.02
+
+
+def test_aubc_contrast_cancels_what_both_networks_share():
+    # Two "folders": on the second network every curve is 0.03 lower (a network effect), and there
+    # the strategy is 0.02 above its own random patches; on the first, the reference is 0.01 above.
+    noise = (0.0, 0.01, -0.01)
+    first = records({"ref": lambda s: 0.01}, noise)
+    second = [{**r, "dice": r["dice"] - 0.03} for r in records({"new": lambda s: 0.02 + 0.001 * s}, noise)]
+    runs = {"ref": _runs(first)["ref"], "random": _runs(first)["random-patch"],
+            "new": _runs(second)["new"], "random-2": _runs(second)["random-patch"]}
+    shift = (0.025 * 0.5 + 0.25) / 0.275  # an offset from round 1 on, over 2.5-30 % cost
+    direct = aubc_contrast(runs, {"new": 1, "ref": -1})
+    assert direct["seeds"] == [0, 1, 2] and direct["aubc_range"] == [0.025, 0.3]
+    assert direct["interval"]["mean"] == pytest.approx((0.021 - 0.01) * shift - 0.03)
+    both = aubc_contrast(runs, {"new": 1, "random-2": -1, "ref": -1, "random": 1})
+    assert both["per_seed"] == pytest.approx([(0.02 + 0.001 * s - 0.01) * shift for s in range(3)])
+    assert both["interval"]["low"] < both["interval"]["mean"] < both["interval"]["high"]
+    with pytest.raises(ValueError, match="no runs for the terms \\['other'\\]"):
+        aubc_contrast(runs, {"new": 1, "other": -1})
 
 
 def test_budgets_beyond_a_run_are_not_compared():

@@ -9,7 +9,7 @@ Pure functions of round records (see :mod:`focal_al.bench.records`).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -123,6 +123,47 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
             "replay_drift": drifts,
         })
     return out
+
+
+def aubc_contrast(runs: Mapping[str, Mapping[int, Sequence[dict]]], weights: Mapping[str, float]) -> dict:
+    """A linear contrast of AUBCs, paired by seed: ``sum_k weights[k] * AUBC(runs[k][seed])``.
+
+    For comparisons that one folder cannot pair, e.g. a strategy that needs another network (BALD
+    needs dropout) against one measured without it: ``{"bald": 1, "random-dropout": -1,
+    "focannot": -1, "random": 1}`` is the difference of each one's difference from the random
+    patches trained on its own network, which cancels what the network change alone does to the
+    curve. Every seed's runs share one initial set (the protocol draws it from the seed alone);
+    all AUBCs are taken over the same cost range, the largest first and the smallest last cost of
+    all runs used, so that the terms are comparable.
+
+    Parameters
+    ----------
+    runs : mapping of str to mapping of int to sequence of dict
+        Each term's runs by seed (round records, e.g. ``report._runs(records)[key]``).
+    weights : mapping of str to float
+        The contrast's weight of each term (keys of ``runs``); weights that sum to 0 cancel
+        whatever all terms share.
+
+    Returns
+    -------
+    dict
+        ``seeds`` (those every term has), ``aubc_range`` ``[lo, hi]``, ``per_seed`` (the contrast
+        of each seed) and ``interval`` (:func:`mean_interval` of those).
+    """
+    missing = sorted(set(weights) - set(runs))
+    if missing:
+        raise ValueError(f"aubc_contrast: no runs for the terms {missing}; runs has {sorted(runs)}.")
+    seeds = sorted(set.intersection(*(set(runs[k]) for k in weights))) if weights else []
+    chosen = [runs[k][s] for k in weights for s in seeds]
+    lo = max((run[0]["cost"] for run in chosen), default=math.nan)
+    hi = min((run[-1]["cost"] for run in chosen), default=math.nan)
+    per_seed = []
+    if lo <= hi:
+        for s in seeds:
+            per_seed.append(float(sum(
+                w * aubc(*_series(runs[k][s], "dice"), min_cost=lo, max_cost=hi) for k, w in weights.items()
+            )))
+    return {"seeds": seeds, "aubc_range": [lo, hi], "per_seed": per_seed, "interval": mean_interval(per_seed)}
 
 
 def strategy_network(key: str) -> str:
