@@ -100,7 +100,7 @@ class _SegmentationModule(nn.Module):
 
     def decode(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and bottleneck map from :meth:`encode`'s features: ``forward_maps`` without the encoder,
-        so that MC-dropout passes after the encoder share one encoder pass."""
+        so that MC-dropout passes after the encoder share one encoder output."""
         raise NotImplementedError
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -431,7 +431,7 @@ def test_mc_dropout_bald_is_reproducible_and_needs_dropout():
     np.testing.assert_array_equal(a.score_pool(X).entropy, b.score_pool(X).entropy)
 
 
-def test_mc_dropout_passes_share_one_encoder_pass_and_give_the_full_passes_numbers():
+def test_mc_dropout_passes_reuse_the_plain_pass_encoder_and_give_the_full_passes_numbers():
     rng = np.random.default_rng(1)
     X = rng.integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
     y = rng.integers(0, 2, (5, 16, 16), dtype=np.uint8)
@@ -443,8 +443,11 @@ def test_mc_dropout_passes_share_one_encoder_pass_and_give_the_full_passes_numbe
     module.encode = lambda x: encoded.append(len(x)) or encode(x)
     module.decode = lambda features: decoded.append(len(features[0])) or decode(features)
     shared = net.score_pool(X).extras["bald"]
-    # Per batch (2, 2, 1 patches): the plain pass, then one encoder pass for 3 MC-dropout decoder passes.
-    assert encoded == [2, 2, 2, 2, 1, 1] and decoded == [2] * 8 + [1] * 4
+    # Per batch (2, 2, 1 patches): the plain pass, whose encoder output the 3 MC-dropout decoder passes reuse.
+    assert encoded == [2, 2, 1] and decoded == [2] * 8 + [1] * 4
+    net.score_tta = True  # the TTA views run the encoder too, after the plain pass: BALD is unchanged
+    np.testing.assert_array_equal(net.score_pool(X).extras["bald"], shared)
+    net.score_tta = False
 
     class WholePasses(torch.nn.Module):  # no encode/decode: every MC pass runs the whole network
         def __init__(self, inner):
