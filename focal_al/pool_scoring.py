@@ -163,7 +163,7 @@ class PoolScoring:
 
         Where the encoder's output can be shared (:meth:`_shared_encoder`), the T passes run only
         the decoder, from ``encoded`` (the plain pass's encoder output) or else one encoder pass:
-        the same numbers as T whole passes in about 0.6 of their time (`benchmarks/bench_scoring.py`).
+        the same numbers as T whole passes in about two thirds of their time (`benchmarks/bench_scoring.py`).
         """
         import zlib
 
