@@ -46,7 +46,9 @@ class OwnEncoderPass(SegmentationNet):
     """BALD that runs the encoder once more for its MC-dropout passes instead of reusing the plain pass's."""
 
     def _bald(self, xb, dropouts, encoded=None):
-        return super()._bald(xb, dropouts, None)
+        with self._autocast():
+            encoded = self.module_.encode(xb)
+        return super()._bald(xb, dropouts, encoded)
 
 
 def make_net(args, net_class=SegmentationNet, **scoring):

@@ -161,19 +161,13 @@ class PoolScoring:
     def _bald(self, xb: torch.Tensor, dropouts: list, encoded=None) -> torch.Tensor:
         """Per-sample mean over pixels of H(mean_t p) - mean_t H(p) over MC-dropout passes.
 
-        Where the encoder's output can be shared (:meth:`_shared_encoder`), the T passes run only
-        the decoder, from ``encoded`` (the plain pass's encoder output) or else one encoder pass:
-        the same numbers as T whole passes in about two thirds of their time (`benchmarks/bench_scoring.py`).
+        Given ``encoded``, the plain pass's encoder output (where :meth:`_shared_encoder` allows it),
+        the T passes run only the decoder: the same numbers as T whole passes in about two thirds
+        of their time (`benchmarks/bench_scoring.py`); without it, T whole passes.
         """
         import zlib
 
         seed = zlib.crc32(xb[:, :, ::4, ::4].cpu().numpy().tobytes())
-        features = None
-        if self._shared_encoder(dropouts) is not None:
-            features = encoded
-            if features is None:
-                with self._autocast():
-                    features = self.module_.encode(xb)
         mean = None
         entropy = None
         with torch.random.fork_rng(devices=[xb.device] if xb.device.type == "cuda" else []):
@@ -183,7 +177,7 @@ class PoolScoring:
             try:
                 for _ in range(int(self.mc_samples)):
                     with self._autocast():
-                        logits, _ = self.module_(xb) if features is None else self.module_.decode(features)
+                        logits, _ = self.module_(xb) if encoded is None else self.module_.decode(encoded)
                     p = torch.softmax(logits.float(), dim=1)
                     h = torch.special.entr(p).sum(dim=1)
                     mean = p if mean is None else mean + p

@@ -3,8 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from focal_al.bench.report import render_report, summarize
-from focal_al.bench.report import _runs
+from focal_al.bench.report import _runs, render_report, summarize
 from focal_al.bench.stats import aubc_contrast, curve_noise, mean_interval, paired_comparison, verdict
 
 

@@ -93,20 +93,16 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
     for strategy, by_seed in sorted(runs.items()):
         if strategy == baseline:
             continue
-        seeds = sorted(set(by_seed) & set(runs[baseline]))
-        pairs = [(by_seed[s], runs[baseline][s]) for s in seeds]
-        lo = max((r[0]["cost"] for pair in pairs for r in pair), default=math.nan)
-        hi = min((r[-1]["cost"] for pair in pairs for r in pair), default=math.nan)
-        aubc_diffs, dice_diffs = [], {b: [] for b in budgets}
-        for run, base in pairs:
+        contrast = aubc_contrast({strategy: by_seed, baseline: runs[baseline]}, {strategy: 1, baseline: -1})
+        seeds = contrast["seeds"]
+        dice_diffs = {b: [] for b in budgets}
+        grid = np.asarray(budgets, dtype=float)
+        for run, base in ((by_seed[s], runs[baseline][s]) for s in seeds):
             (c1, v1), (c0, v0) = _series(run, "dice"), _series(base, "dice")
-            if lo <= hi:
-                aubc_diffs.append(aubc(c1, v1, min_cost=lo, max_cost=hi) - aubc(c0, v0, min_cost=lo, max_cost=hi))
-            grid = np.asarray(budgets, dtype=float)
             diff = _interp(grid, c1, v1) - _interp(grid, c0, v0)
             for b, d in zip(budgets, diff):
                 dice_diffs[b].append(float(d))
-        aubc_interval = mean_interval(aubc_diffs)
+        aubc_interval = contrast["interval"]
         same_net = strategy_network(strategy) == strategy_network(baseline)
         round0 = [round0_difference(s, by_seed[s][0], runs[baseline][s][0], same_net) for s in seeds]
         drifts = [{"seed": s, "strategy": r[0]["strategy"], **d} for s in seeds
@@ -115,7 +111,7 @@ def paired_comparison(records: Sequence[dict], *, baseline: str = BASELINE,
             "strategy": strategy,
             "label": by_seed[min(by_seed)][0].get("label", strategy),
             "seeds": seeds,
-            "aubc_range": [lo, hi],
+            "aubc_range": contrast["aubc_range"],
             "aubc": aubc_interval,
             "dice_at": [{"budget": b, **mean_interval(dice_diffs[b])} for b in budgets],
             "verdict": verdict(aubc_interval),
