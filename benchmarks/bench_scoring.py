@@ -45,10 +45,10 @@ class WholePasses(torch.nn.Module):
 class OwnEncoderPass(SegmentationNet):
     """BALD that runs the encoder once more for its MC-dropout passes instead of reusing the plain pass's."""
 
-    def _bald(self, xb, dropouts, encoded=None):
+    def _bald(self, module, xb, dropouts, encoded=None):
         with self._autocast():
-            encoded = self.module_.encode(xb)
-        return super()._bald(xb, dropouts, encoded)
+            encoded = module.encode(xb)
+        return super()._bald(module, xb, dropouts, encoded)
 
 
 def make_net(args, net_class=SegmentationNet, **scoring):

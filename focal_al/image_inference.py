@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from focal_al.scores import PoolScores
+from focal_al.threads import threaded
 
 __all__ = ["WholeImageInference"]
 
@@ -68,6 +69,7 @@ class WholeImageInference:
             ])
             yield group, self._to_input(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))), (h, w)
 
+    @threaded
     def predict_images(self, images: Sequence, *, batch_size: int = 1, return_descriptors: bool = False):
         """Class probabilities of whole images of any size.
 
@@ -94,11 +96,12 @@ class WholeImageInference:
         out: list = [None] * len(images)
         descriptors = None
         nonlin = self._get_predict_nonlinearity()
+        module = None
         with torch.inference_mode():
             for group, xb, (h, w) in self._image_batches(images, batch_size, "predict_images"):
-                self.module_.eval()
+                module = module or self._inference_module()
                 with self._autocast():
-                    logits, desc = self.module_(xb)
+                    logits, desc = module(xb)
                 proba = nonlin(logits.float())[:, :, :h, :w].float().cpu().numpy()
                 for k, p in zip(group, proba):
                     out[k] = np.ascontiguousarray(p)
@@ -108,6 +111,7 @@ class WholeImageInference:
                     descriptors[group] = desc.float().cpu().numpy()
         return (out, descriptors) if return_descriptors else out
 
+    @threaded
     def score_images(self, images: Sequence, *, batch_size: int = 1) -> PoolScores:
         """Uncertainty scores and descriptors of whole images of any size (image-level pools).
 
@@ -130,11 +134,12 @@ class WholeImageInference:
         margin = np.empty(n, dtype=np.float32)
         least = np.empty(n, dtype=np.float32)
         descriptors = None
+        module = None
         with torch.inference_mode():
             for group, xb, (h, w) in self._image_batches(images, batch_size, "score_images"):
-                self.module_.eval()
+                module = module or self._inference_module()
                 with self._autocast():
-                    logits, desc = self.module_(xb)
+                    logits, desc = module(xb)
                 proba = torch.softmax(logits.float()[:, :, :h, :w], dim=1)
                 hh, m, lc = self._uncertainty(proba)
                 entropy[group] = hh.cpu().numpy()
@@ -145,6 +150,7 @@ class WholeImageInference:
                 descriptors[group] = desc.float().cpu().numpy()
         return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors)
 
+    @threaded
     def score_pool_from_images(
         self, images: Sequence, image_index, coords, patch_size: int, *, batch_size: int = 4
     ) -> PoolScores:
@@ -216,7 +222,7 @@ class WholeImageInference:
         groups: dict = {}
         for k in rows_of:
             groups.setdefault(shape_of[k], []).append(k)
-        self.module_.eval()
+        module = self._inference_module()
         with torch.inference_mode():
             for (height, width), members in groups.items():
                 for first in range(0, len(members), batch_size):
@@ -228,7 +234,7 @@ class WholeImageInference:
                     ])
                     x = self._to_input(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))))
                     with self._autocast():
-                        logits, bottleneck = self.module_.forward_maps(x)
+                        logits, bottleneck = module.forward_maps(x)
                     proba = torch.softmax(logits.float(), dim=1)
                     top = proba.topk(2, dim=1).values
                     maps = torch.stack([torch.special.entr(proba).sum(dim=1), top[:, 0] - top[:, 1], 1.0 - top[:, 0]], dim=1)

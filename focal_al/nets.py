@@ -9,11 +9,14 @@ bottleneck map)`` for scoring patches from whole-image maps.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["Block", "EDConvNet", "FCN"]
+__all__ = ["Block", "EDConvNet", "FCN", "fold_batchnorm"]
 
 
 class Block(nn.Sequential):
@@ -224,3 +227,38 @@ class FCN(_SegmentationModule):
         for block in self.decoder:
             y = block(F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False))
         return self.head(y), bottleneck
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """An inference copy of ``module`` with each BatchNorm folded into the convolution before it.
+
+    In eval mode a BatchNorm is an affine map per channel, so a convolution followed by one is a
+    single convolution with rescaled weights and a bias: the same outputs up to float32 rounding,
+    with one pass over each feature map fewer (scoring 1.13x faster on one CPU thread,
+    ``benchmarks/bench_speed.py``). Pairs are found inside every ``nn.Sequential`` (each
+    :class:`Block`); anything else is copied as it is. The copy is in eval mode, keeps the
+    parameters' memory format, and shares nothing with ``module``, which is left untouched.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    folded = copy.deepcopy(module).eval()
+    channels_last = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                        and not p.is_contiguous() for p in folded.parameters())
+    for sequence in folded.modules():
+        if not isinstance(sequence, nn.Sequential):
+            continue
+        for i in range(len(sequence) - 1):
+            conv, norm = sequence[i], sequence[i + 1]
+            if (type(conv) is nn.Conv2d and type(norm) is nn.BatchNorm2d and norm.track_running_stats
+                    and norm.running_mean is not None):
+                sequence[i] = fuse_conv_bn_eval(conv, norm)
+                sequence[i + 1] = nn.Identity()
+    if channels_last:
+        folded.to(memory_format=torch.channels_last)
+    return folded

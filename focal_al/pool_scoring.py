@@ -4,7 +4,7 @@
 pool into :class:`~focal_al.scores.PoolScores`: mean entropy, margin and least confidence per
 patch, encoder descriptors, and on request the epistemic extras (test-time augmentation
 disagreement, MC-dropout BALD, last-layer gradient embeddings). It relies on the estimator's
-``module_``, ``infer``, ``_batches``, ``_autocast`` and device handling.
+``_inference_module``, ``_batches``, ``_autocast`` and device handling.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from focal_al.scores import PoolScores
+from focal_al.threads import threaded
 
 __all__ = ["PoolScoring", "dihedral", "dihedral_inverse"]
 
@@ -44,6 +45,7 @@ class PoolScoring:
             return entropy.mean(dim=(1, 2)), margin.mean(dim=(1, 2)), least.mean(dim=(1, 2))
         return entropy[valid].mean(), margin[valid].mean(), least[valid].mean()
 
+    @threaded
     def score_pool(self, X, *, batch_size: int | None = None) -> PoolScores:
         """Uncertainty scores and descriptors of a pool of patches, in one streaming pass.
 
@@ -72,24 +74,24 @@ class PoolScoring:
         least = np.empty(n, dtype=np.float32)
         tta = np.empty(n, dtype=np.float32) if self.score_tta else None
         bald = np.empty(n, dtype=np.float32) if self.mc_samples else None
-        dropouts = self._dropout_layers() if self.mc_samples else []
+        module = self._inference_module()
+        dropouts = self._dropout_layers(module) if self.mc_samples else []
         head_input, hook, out = [], None, {}
         if self.score_gradients:
-            head = getattr(self.module_, "head", None)
+            head = getattr(module, "head", None)
             if not isinstance(head, torch.nn.Conv2d) or head.kernel_size != (1, 1):
                 raise ValueError(
                     f"score_gradients=True needs a module whose 'head' is a 1x1 Conv2d (EDConvNet); "
-                    f"{type(self.module_).__name__} has {type(head).__name__ if head is not None else 'no head'}."
+                    f"{type(module).__name__} has {type(head).__name__ if head is not None else 'no head'}."
                 )
-            hook = head.register_forward_hook(lambda module, args, output: head_input.append(args[0]))
+            hook = head.register_forward_hook(lambda _, args, output: head_input.append(args[0]))
         hooks = [] if hook is None else [hook]
-        encoder = self._shared_encoder(dropouts) if bald is not None else None
+        encoder = self._shared_encoder(module, dropouts) if bald is not None else None
         if encoder is not None:
             # The plain pass's encoder output is what the MC-dropout decoder passes start from.
-            hooks.append(encoder.register_forward_hook(lambda module, args, output: out.setdefault("encoded", output)))
-        self.module_.eval()
+            hooks.append(encoder.register_forward_hook(lambda _, args, output: out.setdefault("encoded", output)))
         try:
-            self._score_batches(batches, n, entropy, margin, least, tta, bald, dropouts, head_input, out)
+            self._score_batches(module, batches, n, entropy, margin, least, tta, bald, dropouts, head_input, out)
         finally:
             for h in hooks:
                 h.remove()
@@ -102,7 +104,7 @@ class PoolScoring:
         return PoolScores(entropy=entropy, margin=margin, least_confidence=least, descriptors=descriptors,
                           extras=extras)
 
-    def _score_batches(self, batches, n, entropy, margin, least, tta, bald, dropouts, head_input, out) -> None:
+    def _score_batches(self, module, batches, n, entropy, margin, least, tta, bald, dropouts, head_input, out) -> None:
         """The one pass of :meth:`score_pool`: fills its arrays (and ``out``) batch by batch."""
         start = 0
         with torch.inference_mode():
@@ -110,7 +112,7 @@ class PoolScoring:
                 head_input.clear()
                 out.pop("encoded", None)
                 with self._autocast():
-                    logits, desc = self.module_(xb)
+                    logits, desc = module(xb)
                 encoded = out.pop("encoded", None)
                 proba = torch.softmax(logits.float(), dim=1)
                 stop = start + len(xb)
@@ -123,9 +125,9 @@ class PoolScoring:
                         out["gradients"] = np.empty((n, grad.shape[1] * grad.shape[2]), dtype=np.float32)
                     out["gradients"][start:stop] = grad.reshape(len(xb), -1).cpu().numpy()
                 if tta is not None:
-                    tta[start:stop] = self._tta_disagreement(xb, proba).cpu().numpy()
+                    tta[start:stop] = self._tta_disagreement(module, xb, proba).cpu().numpy()
                 if bald is not None:
-                    bald[start:stop] = self._bald(xb, dropouts, encoded).cpu().numpy()
+                    bald[start:stop] = self._bald(module, xb, dropouts, encoded).cpu().numpy()
                 h, m, lc = self._uncertainty(proba)
                 entropy[start:stop] = h.cpu().numpy()
                 margin[start:stop] = m.cpu().numpy()
@@ -135,30 +137,30 @@ class PoolScoring:
                 out["descriptors"][start:stop] = desc.float().cpu().numpy()
                 start = stop
 
-    def _dropout_layers(self) -> list:
-        layers = [m for m in self.module_.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+    def _dropout_layers(self, module) -> list:
+        layers = [m for m in module.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
         if isinstance(self.mc_samples, bool) or not isinstance(self.mc_samples, (int, np.integer)) or self.mc_samples < 2:
             raise ValueError(f"'mc_samples' must be 0 or an int >= 2. Got {self.mc_samples!r} instead.")
         if not layers:
             raise ValueError(
-                f"mc_samples={self.mc_samples} needs dropout in the module, and {type(self.module_).__name__} has "
+                f"mc_samples={self.mc_samples} needs dropout in the module, and {type(module).__name__} has "
                 "none active: pass module__dropout=0.2 (for example) to SegmentationNet."
             )
         return layers
 
-    def _shared_encoder(self, dropouts: list) -> torch.nn.Module | None:
+    def _shared_encoder(self, module, dropouts: list) -> torch.nn.Module | None:
         """The module's ``encoder`` when MC-dropout passes can share its output, else None.
 
         They can when the module can ``decode`` its ``encode``'s features and every dropout layer
         is past the encoder (EDConvNet's, on the bottleneck): the encoder then draws nothing at random.
         """
-        encoder = getattr(self.module_, "encoder", None)
-        if hasattr(self.module_, "encode") and hasattr(self.module_, "decode") \
+        encoder = getattr(module, "encoder", None)
+        if hasattr(module, "encode") and hasattr(module, "decode") \
                 and isinstance(encoder, torch.nn.Module) and not any(layer in dropouts for layer in encoder.modules()):
             return encoder
         return None
 
-    def _bald(self, xb: torch.Tensor, dropouts: list, encoded=None) -> torch.Tensor:
+    def _bald(self, module, xb: torch.Tensor, dropouts: list, encoded=None) -> torch.Tensor:
         """Per-sample mean over pixels of H(mean_t p) - mean_t H(p) over MC-dropout passes.
 
         Given ``encoded``, the plain pass's encoder output (where :meth:`_shared_encoder` allows it),
@@ -177,7 +179,7 @@ class PoolScoring:
             try:
                 for _ in range(int(self.mc_samples)):
                     with self._autocast():
-                        logits, _ = self.module_(xb) if encoded is None else self.module_.decode(encoded)
+                        logits, _ = module(xb) if encoded is None else module.decode(encoded)
                     p = torch.softmax(logits.float(), dim=1)
                     h = torch.special.entr(p).sum(dim=1)
                     mean = p if mean is None else mean + p
@@ -189,7 +191,7 @@ class PoolScoring:
         mutual = torch.special.entr(mean / t).sum(dim=1) - entropy / t
         return mutual.clamp_(min=0.0).mean(dim=(1, 2))
 
-    def _tta_disagreement(self, xb: torch.Tensor, proba: torch.Tensor) -> torch.Tensor:
+    def _tta_disagreement(self, module, xb: torch.Tensor, proba: torch.Tensor) -> torch.Tensor:
         """Per-sample variance of the probabilities over the dihedral views, summed over classes."""
         views = range(8) if xb.shape[-1] == xb.shape[-2] else (0, 2, 4, 6)
         mean = torch.zeros_like(proba)
@@ -199,7 +201,7 @@ class PoolScoring:
                 p = proba
             else:
                 with self._autocast():
-                    logits, _ = self.module_(dihedral(xb, k))
+                    logits, _ = module(dihedral(xb, k))
                 p = dihedral_inverse(torch.softmax(logits.float(), dim=1), k)
             mean += p
             square += p * p

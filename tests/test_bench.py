@@ -678,7 +678,7 @@ def test_random_baselines_skip_the_scoring_extras_of_their_folder(tmp_path, monk
 
     calls = []
     bald = SegmentationNet._bald
-    monkeypatch.setattr(SegmentationNet, "_bald", lambda self, xb, *args: calls.append(len(xb)) or bald(self, xb, *args))
+    monkeypatch.setattr(SegmentationNet, "_bald", lambda self, module, xb, *args: calls.append(len(xb)) or bald(self, module, xb, *args))
     run_bench(tiny(tmp_path / "a", strategies=("random-patch",), dropout=0.3, mc_samples=2),
               with_full_supervision=False, quiet=True)
     assert calls == []

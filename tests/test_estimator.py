@@ -435,8 +435,9 @@ def test_mc_dropout_passes_reuse_the_plain_pass_encoder_and_give_the_full_passes
     rng = np.random.default_rng(1)
     X = rng.integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
     y = rng.integers(0, 2, (5, 16, 16), dtype=np.uint8)
+    # The plain path runs module_ itself, whose encode/decode can be counted (the fast path runs a folded copy).
     net = SegmentationNet(module__width=2, module__depth=2, module__dropout=0.5, max_epochs=1, batch_size=2,
-                          mc_samples=3, random_state=0).fit(X, y)
+                          mc_samples=3, random_state=0, fast_path=False).fit(X, y)
     module = net.module_
     encoded, decoded = [], []
     encode, decode = module.encode, module.decode

@@ -69,7 +69,10 @@ class BenchConfig:
     ``scoring="images"`` pools the per-patch scores from whole-image maps (faster, approximate;
     the default ``"patches"`` scores every candidate patch exactly). ``threads`` is torch's CPU
     thread count (results depend on it through floating-point reduction order, so it is recorded
-    with every round).
+    with every round). ``fast_path``: the network runs in ``channels_last`` with BatchNorm folded for
+    inference (``SegmentationNet(fast_path=True)``, the default); False computes as runs made before
+    it did (plain NCHW). The two give float32-close but not identical numbers, so it is part of the
+    protocol: runs pair only with runs computed the same way.
 
     Training recipe of a round (the library's default ``SegmentationNet`` recipe, run by
     ``PatchActiveLearner.teach``): ``epochs`` passes over the labelled patches in gradient steps of
@@ -121,6 +124,7 @@ class BenchConfig:
     strategies: tuple = ("random-patch", "1-image-iu", "4-iu", "7-focannot")
     seeds: tuple = (0,)
     device: str = "auto"
+    fast_path: bool = True
     threads: int | None = None
     out_dir: str = "bench-out"
 

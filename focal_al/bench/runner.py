@@ -40,7 +40,11 @@ PROTOCOL_FIELDS = (
     "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
     "epochs", "max_train_steps", "lr_schedule", "warm_start", "tta", "dropout", "mc_samples", "gradients",
+    "fast_path",
 )
+#: What a run recorded before a protocol field existed computed with, where that is not the field's
+#: default: runs before ``fast_path`` ran the plain eager NCHW network.
+LEGACY_PROTOCOL = {"fast_path": False}
 #: Strategies that read the ground truth (``extras["foreground_fraction"]``): oracle-assisted baselines.
 ORACLE_STRATEGIES = ("random-foreground",)
 #: Baselines whose choice reads no score: their nets skip the scoring pass's optional extras (TTA views,
@@ -205,6 +209,8 @@ def make_net(config: BenchConfig, network: str, seed: int, *, score_extras: bool
         mc_samples=config.mc_samples if network == "ed-convnet" and score_extras else 0,
         random_state=seed,
         device=config.device,
+        fast_path=config.fast_path,
+        threads=config.threads,
         **steps,
     )
 
@@ -421,12 +427,42 @@ def _existing_state(config: BenchConfig, spec: BenchStrategy, seed: int, out_dir
     return state, None
 
 
-def _check_protocol(run_dir: Path, saved: dict, protocol: dict) -> None:
-    # A field added to the protocol after the run started reads as its default value.
+def _saved_protocol_value(saved: dict, key: str):
+    """A protocol field as a run or folder recorded it; a field added after it was made reads as what
+    that run computed with (``LEGACY_PROTOCOL``), else as the field's default."""
     defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
-    changed = sorted(k for k in protocol if saved.get(k, defaults.get(k)) != protocol[k])
+    return saved.get(key, LEGACY_PROTOCOL.get(key, defaults.get(key)))
+
+
+def _numerics_hint(saved_fast_path) -> str:
+    flag = "--fast-path" if saved_fast_path else "--eager-path"
+    return f" Its runs were computed with {flag}: pass {flag} to continue or extend them."
+
+
+def _check_protocol(run_dir: Path, saved: dict, protocol: dict) -> None:
+    changed = sorted(k for k in protocol if _saved_protocol_value(saved, k) != protocol[k])
     if changed:
-        raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.")
+        hint = _numerics_hint(_saved_protocol_value(saved, "fast_path")) if "fast_path" in changed else ""
+        raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.{hint}")
+
+
+def check_folder_numerics(config: BenchConfig, out_dir: Path) -> None:
+    """Refuse to add runs to a folder whose runs were computed with other numerics (``fast_path``):
+    the report pairs every run of a folder by seed, and such pairs would differ by the numerics too."""
+    path = out_dir / "config.json"
+    if not path.is_file() or not any((out_dir / "runs").glob("*/rounds.json")):
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Cannot read {path} ({err}); restore it, or choose another --out-dir.") from err
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} does not hold a bench configuration (a JSON object); choose another --out-dir.")
+    recorded = _saved_protocol_value(saved, "fast_path")
+    if recorded != config.fast_path:
+        raise ValueError(f"{out_dir} holds runs computed with fast_path={recorded} and this invocation asks for "
+                         f"fast_path={config.fast_path}; their pairs would differ by the numerics too."
+                         f"{_numerics_hint(recorded)} Or choose another --out-dir.")
 
 
 def _committed_records(run_dir: Path, spec: BenchStrategy, seed: int, protocol: dict) -> tuple[list, list]:
@@ -960,6 +996,7 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
         raise ValueError(f"The 'jobs' parameter of run_bench must be an integer >= 1. Got {jobs!r} instead.")
     specs = [resolve_strategy(name) for name in config.strategies]
     out_dir = Path(config.out_dir)
+    check_folder_numerics(config, out_dir)
     for spec in specs:  # refuse before writing anything (config.json, cache, full supervision)
         for seed in config.seeds:
             _existing_state(config, spec, seed, out_dir, resume)
