@@ -52,7 +52,7 @@ def _csv(kind):
 @main.command()
 @click.option("--preset", type=click.Choice(["quick", "glas-cpu", "paper"]), default="quick", show_default=True,
               help="quick: built-in synthetic data, small net (~5 min on 2 CPU cores); glas-cpu: GlaS at half "
-                   "resolution (40-55 min per strategy and seed on one thread); paper: full resolution, width 64 (GPU).")
+                   "resolution (about 11 min per strategy and seed on one thread); paper: full resolution, width 64 (GPU).")
 @click.option("--dataset", type=click.Choice(["synthetic", "glas", "folder"]), help="Data source.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="GlaS release folder (default: ../shared/data/glas).")
 @click.option("--split", type=click.Choice(["mixed", "testA", "testB"]),
