@@ -88,6 +88,10 @@ def _csv(kind):
               help="Run the network in channels_last with BatchNorm folded for inference (default; 2.0x faster "
                    "scoring, 1.3x faster training on one CPU thread), or the plain NCHW path that runs made before "
                    "it used. Part of the protocol: a folder's runs all use one.")
+@click.option("--semi-supervised", type=click.Choice(["none", "fixmatch", "self-training"]),
+              help="Also learn from the unlabelled pixels of the pool every round: fixmatch (weak-view "
+                   "pseudo-labels train a strong view) or self-training (the last round's network labels "
+                   "them); default none. Full supervision stays supervised.")
 @click.option("--threads", type=int,
               help="torch CPU threads of this process (default: OMP_NUM_THREADS, else half the CPU cores, at least 1: two threads "
                    "per process thrash on a busy 2-core machine; recorded with every round).")
@@ -144,6 +148,8 @@ def bench(preset, resume, accept_replay_drift, grid, full_supervision, quiet, ou
         from focal_al.threads import set_process_threads
 
         threads = set_process_threads(threads)
+        if options.get("semi_supervised") == "none":
+            options["semi_supervised"] = None
         config = preset_config(preset, out_dir=out_dir or f"bench-out/{preset}", threads=threads, **options).validate()
         if grid:
             for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet, jobs=jobs,

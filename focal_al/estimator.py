@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from focal_al.nets import EDConvNet, fold_batchnorm
 from focal_al.image_inference import WholeImageInference
 from focal_al.pool_scoring import PoolScoring, dihedral
+from focal_al import semi_supervised as semi
 from focal_al.threads import check_threads, threaded, using_threads
 from focal_al.training import SCHEDULES, learning_rate, steps_for
 
@@ -161,6 +162,21 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
         torch CPU threads while this net trains, scores or predicts (restored afterwards):
         ``"auto"`` follows :func:`focal_al.threads.default_threads` (``OMP_NUM_THREADS``, else half
         the usable cores, at least 1); None leaves torch's setting alone.
+    semi_supervised : {None, "fixmatch", "self-training"}, default=None
+        Also learn from unlabelled pixels (:mod:`focal_al.semi_supervised`): each step adds a batch
+        of ``unlabelled_ratio x batch_size`` patches drawn from ``fit(..., X_unlabelled=pool)`` (by
+        default ``X`` itself, whose unrevealed pixels carry no label; ``PatchActiveLearner`` passes
+        the whole pool), pseudo-labelled where confident, with weight ``unlabelled_weight``.
+        ``"fixmatch"``: the network's own weak-view prediction labels a strong view (stain, colour,
+        blur, cutout). ``"self-training"``: a frozen copy of the network as the fit started labels
+        the weak view (off in a fit from fresh weights, which have nothing to teach). The
+        supervised loss sees only revealed pixels either way. None: supervised only.
+    unlabelled_ratio : int, default=1
+        Unlabelled patches per labelled patch in a step (FixMatch's mu).
+    confidence : float, default=0.95
+        Pixels whose top probability is below it get no pseudo-label (FixMatch's tau).
+    unlabelled_weight : float, default=1.0
+        Weight of the pseudo-label loss beside the supervised loss.
     inference_batch_size : int or None, default=None
         Patches per batch when scoring and predicting patches (``batch_size`` argument unset).
         None: ``batch_size`` on CPU; on CUDA, enough 64x64-patch equivalents to fill the card
@@ -220,6 +236,10 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
         mixed_precision=True,
         fast_path=True,
         threads="auto",
+        semi_supervised=None,
+        unlabelled_ratio=1,
+        confidence=0.95,
+        unlabelled_weight=1.0,
         inference_batch_size=None,
         warm_start=False,
         verbose=0,
@@ -257,6 +277,10 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
         self.mixed_precision = mixed_precision
         self.fast_path = fast_path
         self.threads = threads
+        self.semi_supervised = semi_supervised
+        self.unlabelled_ratio = unlabelled_ratio
+        self.confidence = confidence
+        self.unlabelled_weight = unlabelled_weight
         self.inference_batch_size = inference_batch_size
 
     # ------------------------------------------------------------------ initialisation
@@ -291,6 +315,16 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
             check_threads(self.threads)
         except ValueError as err:
             problems.append(str(err).replace("The 'threads' parameter", "'threads'"))
+        if self.semi_supervised is not None and self.semi_supervised not in semi.METHODS:
+            problems.append(f"'semi_supervised' must be None or one of {semi.METHODS}. Got {self.semi_supervised!r} instead.")
+        ratio = self.unlabelled_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, np.integer)) or ratio < 1:
+            problems.append(f"'unlabelled_ratio' must be an int >= 1. Got {ratio!r} instead.")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0 <= self.confidence <= 1:
+            problems.append(f"'confidence' must be a float in [0, 1]. Got {self.confidence!r} instead.")
+        weight = self.unlabelled_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and np.isfinite(weight)):
+            problems.append(f"'unlabelled_weight' must be a finite float >= 0. Got {weight!r} instead.")
         ibs = self.inference_batch_size
         if ibs is not None and (isinstance(ibs, bool) or not isinstance(ibs, (int, np.integer)) or ibs < 1):
             problems.append(f"'inference_batch_size' must be None or an int >= 1. Got {ibs!r} instead.")
@@ -328,6 +362,8 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
         self._check_params()
         self.device_ = self._resolve_device()
         self._seed_streams()
+        self.trained_steps_ = 0
+        self._semi = None
         return super().initialize()
 
     def set_params(self, **kwargs):
@@ -640,8 +676,36 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
             Xi, yi = self._augment(Xi, yi)
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        unlabelled = self._unlabelled_loss(len(Xi)) if getattr(self, "_semi", None) is not None else None
+        if unlabelled is not None:
+            self.history.record_batch("unlabelled_loss", float(unlabelled.detach()))
+            loss = loss + float(self.unlabelled_weight) * unlabelled
         loss.backward()
         return {"loss": loss, "y_pred": y_pred}
+
+    def _unlabelled_loss(self, n_labelled: int) -> torch.Tensor | None:
+        """The pseudo-label loss of one step on a batch drawn from the unlabelled source (see
+        ``semi_supervised``); None where the method has no teacher (self-training from fresh weights)."""
+        source, teacher = self._semi
+        if self.semi_supervised == "self-training" and teacher is None:
+            return None
+        g = self.torch_generator_
+        n = int(self.unlabelled_ratio) * n_labelled
+        rows = torch.randint(0, len(source), (n,), generator=g).numpy()
+        unique, inverse = np.unique(rows, return_inverse=True)
+        x = self._to_input(torch.from_numpy(np.asarray(source[unique])[inverse]))
+        if self.augment:
+            x, _ = self._randomdihedral(x, torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.uint8, device=x.device))
+        with torch.no_grad(), self._autocast():
+            out = (teacher or self.module_)(x)
+        targets = semi.pseudo_labels(out[0] if isinstance(out, tuple) else out, float(self.confidence),
+                                     int(self.ignore_index))
+        if self.semi_supervised == "fixmatch":
+            x, cut = semi.strong_view(x, g)
+            targets = targets.masked_fill(cut, int(self.ignore_index))
+            if self.fast_path:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return semi.pseudo_label_loss(self.infer(x), targets, int(self.ignore_index))
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         """skorch's loop, with the learning-rate schedule laid over this call's steps."""
@@ -658,9 +722,23 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
             self.module_rng_ = self.rng_.spawn(1)[0]
         cuda = self.device_.type == "cuda"
         devices = [torch.cuda.current_device() if self.device_.index is None else self.device_.index] if cuda else []
-        with torch.random.fork_rng(devices=devices), using_threads(self.threads):
-            torch.manual_seed(int(self.module_rng_.integers(2**62)))
-            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        unlabelled = fit_params.pop("X_unlabelled", None)
+        self._semi = None
+        if self.semi_supervised is not None:
+            source = X if unlabelled is None else unlabelled
+            problems = self._check_X(source, "X_unlabelled")
+            if problems:
+                raise ValueError("Invalid unlabelled data for SegmentationNet.fit: " + " ".join(problems))
+            # Self-training's teacher: the weights this fit starts from, frozen (none when they are fresh).
+            trained = getattr(self, "trained_steps_", 0)
+            teacher = self._inference_module() if self.semi_supervised == "self-training" and trained else None
+            self._semi = (source, teacher)
+        try:
+            with torch.random.fork_rng(devices=devices), using_threads(self.threads):
+                torch.manual_seed(int(self.module_rng_.integers(2**62)))
+                return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        finally:
+            self._semi = None
 
     def train_step(self, batch, **fit_params):
         """One optimiser step at the scheduled learning rate (``focal_al.training.learning_rate``)."""
@@ -669,6 +747,7 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
         for group in self.optimizer_.param_groups:
             group["lr"] = lr
         self.lr_step_ = getattr(self, "lr_step_", 0) + 1
+        self.trained_steps_ = getattr(self, "trained_steps_", 0) + 1
         return super().train_step(batch, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
@@ -830,4 +909,10 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"{os.fspath(path)!r} does not hold a state_dict of tensors.")
         self.module_.load_state_dict(state)
+        self.mark_trained()
         return self
+
+    def mark_trained(self) -> None:
+        """Record that the module holds trained weights (loaded from a file): a later self-training fit
+        takes them as its teacher, as it would after this net's own training."""
+        self.trained_steps_ = max(getattr(self, "trained_steps_", 0), 1)

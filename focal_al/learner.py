@@ -461,6 +461,9 @@ class PatchActiveLearner(BaseLearner):
         return self
 
     def _fit_estimator(self, X, y, *, warm: bool, **fit_kwargs) -> None:
+        if getattr(self.estimator, "semi_supervised", None) and self._pool is not None:
+            # Semi-supervised training reads the whole pool: unlabelled rows and unrevealed pixels.
+            fit_kwargs.setdefault("X_unlabelled", self._pool)
         if warm and hasattr(self.estimator, "partial_fit"):
             self.estimator.partial_fit(X, y, **fit_kwargs)
         else:

@@ -72,7 +72,9 @@ class BenchConfig:
     with every round). ``fast_path``: the network runs in ``channels_last`` with BatchNorm folded for
     inference (``SegmentationNet(fast_path=True)``, the default); False computes as runs made before
     it did (plain NCHW). The two give float32-close but not identical numbers, so it is part of the
-    protocol: runs pair only with runs computed the same way.
+    protocol: runs pair only with runs computed the same way. ``semi_supervised``: each round also
+    learns from the pool's unlabelled pixels (``SegmentationNet(semi_supervised=...)``); full
+    supervision, the ceiling, stays supervised.
 
     Training recipe of a round (the library's default ``SegmentationNet`` recipe, run by
     ``PatchActiveLearner.teach``): ``epochs`` passes over the labelled patches in gradient steps of
@@ -125,6 +127,7 @@ class BenchConfig:
     seeds: tuple = (0,)
     device: str = "auto"
     fast_path: bool = True
+    semi_supervised: str | None = None
     threads: int | None = None
     out_dir: str = "bench-out"
 
@@ -182,6 +185,9 @@ class BenchConfig:
         check(self.max_train_steps is None or self.max_train_steps >= max(self.train_steps, self.initial_train_steps),
               "max_train_steps", "None or at least train_steps and initial_train_steps")
         check(self.lr_schedule in ("cosine", "constant"), "lr_schedule", "'cosine' or 'constant'")
+        check(self.semi_supervised in (None, "fixmatch", "self-training"), "semi_supervised",
+              "None, 'fixmatch' or 'self-training'")
+        check(isinstance(self.fast_path, bool), "fast_path", "True or False")
         check(0 <= self.dropout < 1, "dropout", "in [0, 1)")
         check(self.mc_samples == 0 or (self.mc_samples >= 2 and self.dropout > 0), "mc_samples",
               "0, or at least 2 with dropout > 0 (MC dropout samples the network's dropout)")

@@ -40,7 +40,7 @@ PROTOCOL_FIELDS = (
     "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
     "epochs", "max_train_steps", "lr_schedule", "warm_start", "tta", "dropout", "mc_samples", "gradients",
-    "fast_path",
+    "fast_path", "semi_supervised",
 )
 #: What a run recorded before a protocol field existed computed with, where that is not the field's
 #: default: runs before ``fast_path`` ran the plain eager NCHW network.
@@ -211,6 +211,7 @@ def make_net(config: BenchConfig, network: str, seed: int, *, score_extras: bool
         device=config.device,
         fast_path=config.fast_path,
         threads=config.threads,
+        semi_supervised=config.semi_supervised,
         **steps,
     )
 
@@ -327,6 +328,7 @@ def load_checkpoint(net, path: Path) -> None:
         raise ValueError(f"Cannot load the checkpoint {path}: {err}. Delete the run folder to restart it.") from err
     net.module_.load_state_dict(checkpoint["module"])
     net.optimizer_.load_state_dict(checkpoint["optimizer"])
+    net.mark_trained()
 
 
 #: The committed run state's keys and their JSON types.
@@ -915,7 +917,7 @@ def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, see
     path = out_dir / "full_supervision.json"
     if path.exists():
         return json.loads(path.read_text())
-    net = make_net(config, "ed-convnet", seed)
+    net = make_net(config, "ed-convnet", seed).set_params(semi_supervised=None)  # the ceiling: every pixel labelled
     if config.epochs is None:
         n_rounds = int(np.ceil((config.budget - config.step) / config.step)) + 1
         steps = config.initial_train_steps + n_rounds * config.train_steps
