@@ -64,7 +64,10 @@ class PoolScoring:
         PoolScores
             ``entropy`` (N,) mean pixel entropy (natural log, Eq. 2); ``margin`` (N,) mean of
             ``p_top1 - p_top2``; ``least_confidence`` (N,) mean of ``1 - max_j p_j``;
-            ``descriptors`` (N, d) float32, the channel-wise mean of the bottleneck.
+            ``descriptors`` (N, d) float32, the channel-wise mean of the bottleneck;
+            ``extras["class_entropy"]`` (N, C), the mean over pixels of the pixel entropy times
+            each class's probability; ``extras["predicted_foreground_fraction"]`` (N,), the share
+            of pixels predicted as a class other than 0.
         """
         self._check_fitted("score_pool")
         batches = self._batches(X, batch_size, "score_pool")
@@ -96,7 +99,9 @@ class PoolScoring:
             for h in hooks:
                 h.remove()
         descriptors, gradients = out.get("descriptors"), out.get("gradients")
-        extras = {} if tta is None else {"tta_disagreement": tta}
+        extras = {"class_entropy": out["class_entropy"], "predicted_foreground_fraction": out["predicted_foreground"]}
+        if tta is not None:
+            extras["tta_disagreement"] = tta
         if bald is not None:
             extras["bald"] = bald
         if gradients is not None:
@@ -129,6 +134,14 @@ class PoolScoring:
                 if bald is not None:
                     bald[start:stop] = self._bald(module, xb, dropouts, encoded).cpu().numpy()
                 h, m, lc = self._uncertainty(proba)
+                if "class_entropy" not in out:
+                    out["class_entropy"] = np.empty((n, proba.shape[1]), dtype=np.float32)
+                    out["predicted_foreground"] = np.empty(n, dtype=np.float32)
+                # Entropy weighted by each class's probability (ClaSP PE's class-specific uncertainty),
+                # and the share of pixels predicted as any class but 0 (background).
+                pixel_entropy = torch.special.entr(proba).sum(dim=1, keepdim=True)
+                out["class_entropy"][start:stop] = (pixel_entropy * proba).mean(dim=(2, 3)).cpu().numpy()
+                out["predicted_foreground"][start:stop] = (proba.argmax(dim=1) != 0).float().mean(dim=(1, 2)).cpu().numpy()
                 entropy[start:stop] = h.cpu().numpy()
                 margin[start:stop] = m.cpu().numpy()
                 least[start:stop] = lc.cpu().numpy()

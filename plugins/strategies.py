@@ -367,23 +367,47 @@ def random_foreground(scores, n_instances, candidates, rng, *, foreground_share=
     foreground_share : float
         Minimum share of the query drawn from patches with foreground, in [0, 1].
     """
+    return _foreground_aware("random-foreground", "foreground_fraction", "from the ground truth", scores,
+                             n_instances, candidates, rng, foreground_share)
+
+
+@register_strategy("random-predicted-foreground", level="patch")
+def random_predicted_foreground(scores, n_instances, candidates, rng, *, foreground_share=0.5):
+    """Foreground-aware random patches by the network's predicted foreground (no oracle).
+
+    :func:`random_foreground` with the share of each patch's pixels that the network predicts as
+    foreground (``scores.extras["predicted_foreground_fraction"]``, which ``SegmentationNet.score_pool``
+    returns) in place of the ground truth: the realistic version of nnActive's baseline, usable in
+    a real annotation round.
+
+    Parameters
+    ----------
+    foreground_share : float
+        Minimum share of the query drawn from patches with predicted foreground, in [0, 1].
+    """
+    return _foreground_aware("random-predicted-foreground", "predicted_foreground_fraction",
+                             "predicted by the network (SegmentationNet.score_pool)", scores, n_instances, candidates,
+                             rng, foreground_share)
+
+
+def _foreground_aware(name, key, source, scores, n_instances, candidates, rng, foreground_share):
     n, candidates = _prepare(scores, n_instances, candidates)
     share_ok = isinstance(foreground_share, (int, float, np.integer, np.floating))
     share_ok = share_ok and not isinstance(foreground_share, bool)
     if not share_ok or not 0.0 <= foreground_share <= 1.0:
         raise ValueError(
-            "The 'foreground_share' parameter of random-foreground must be a float in [0, 1]. "
+            f"The 'foreground_share' parameter of {name} must be a float in [0, 1]. "
             f"Got {foreground_share!r} instead."
         )
-    if "foreground_fraction" not in scores.extras:
+    if key not in scores.extras:
         raise KeyError(
-            "Strategy 'random-foreground' reads scores.extras['foreground_fraction'] (per-patch share of foreground "
-            f"pixels, shape (n_samples,), from the ground truth); these PoolScores have extras {sorted(scores.extras)}."
+            f"Strategy {name!r} reads scores.extras[{key!r}] (per-patch share of foreground "
+            f"pixels, shape (n_samples,), {source}); these PoolScores have extras {sorted(scores.extras)}."
         )
-    fraction = np.asarray(scores.extras["foreground_fraction"], dtype=np.float64)
+    fraction = np.asarray(scores.extras[key], dtype=np.float64)
     if fraction.shape != (len(scores),) or not np.all((fraction >= 0) & (fraction <= 1)):
         raise ValueError(
-            f"scores.extras['foreground_fraction'] must have shape ({len(scores)},) with values in [0, 1]. "
+            f"scores.extras[{key!r}] must have shape ({len(scores)},) with values in [0, 1]. "
             f"Got shape {fraction.shape} instead, or values outside [0, 1]."
         )
     with_foreground = candidates[fraction[candidates] > 0]
@@ -391,6 +415,48 @@ def random_foreground(scores, n_instances, candidates, rng, *, foreground_share=
     first = rng.choice(with_foreground, size=n_foreground, replace=False)
     rest = np.setdiff1d(candidates, first, assume_unique=True)
     return np.sort(np.concatenate([first, rng.choice(rest, size=n - n_foreground, replace=False)])).astype(np.intp)
+
+
+@register_strategy("clasp-pe", level="patch")
+def clasp_pe(scores, n_instances, candidates, rng, *, class_share=0.66, beta=1.0):
+    """ClaSP PE: power-noised predictive entropy, class-stratified for 66 % of the query (Lüth et al. 2026).
+
+    Class-stratified predictive entropy with power sampling, as nnActive runs it
+    (``ClassBalancedEntropy_66FG`` with ``power_noising``): ``class_share`` of the T patches are
+    split evenly among the foreground classes, each ranked by its class-specific entropy
+    (``scores.extras["class_entropy"][:, c]``: the pixel entropy times the class's probability,
+    averaged over the patch); the rest by the patch's mean pixel entropy. Every ranking is
+    power-noised: ``log(score) + Gumbel(0, 1 / beta)``, i.e. sampling proportional to
+    ``score ** beta`` without replacement (Kirsch et al., TMLR 2023), so a query spreads beyond
+    one uncertain region; a larger ``beta`` is closer to the plain top-T (pass a larger one in
+    later rounds for the noise to decay). A patch is taken once.
+
+    Parameters
+    ----------
+    class_share : float
+        Share of the query drawn per foreground class, in [0, 1] (nnActive: 0.66).
+    beta : float
+        Inverse temperature of the power noising, > 0 (nnActive: 1).
+    """
+    n, candidates = _prepare(scores, n_instances, candidates)
+    if isinstance(class_share, bool) or not isinstance(class_share, (int, float)) or not 0 <= class_share <= 1:
+        raise ValueError(f"The 'class_share' parameter of clasp-pe must be a float in [0, 1]. Got {class_share!r} instead.")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (beta > 0 and np.isfinite(beta)):
+        raise ValueError(f"The 'beta' parameter of clasp-pe must be a finite float > 0. Got {beta!r} instead.")
+    if "class_entropy" not in scores.extras:
+        raise KeyError("Strategy 'clasp-pe' reads scores.extras['class_entropy'] (n_samples, n_classes), which "
+                       f"SegmentationNet.score_pool returns; these PoolScores have extras {sorted(scores.extras)}.")
+    per_class = np.asarray(scores.extras["class_entropy"], dtype=np.float64)[candidates]
+    rankings = [per_class[:, c] for c in range(1, per_class.shape[1])]
+    quotas = [int(class_share * n) // max(len(rankings), 1)] * len(rankings)
+    rankings.append(np.asarray(scores.entropy, dtype=np.float64)[candidates])
+    quotas.append(n - sum(quotas))
+    taken = np.zeros(len(candidates), dtype=bool)
+    for ranking, quota in zip(rankings, quotas):
+        noised = np.log(np.maximum(ranking, np.finfo(np.float64).tiny)) + rng.gumbel(0.0, 1.0 / beta, len(ranking))
+        noised[taken] = -np.inf
+        taken[np.argsort(-noised, kind="stable")[:quota]] = True
+    return np.sort(candidates[taken]).astype(np.intp)
 
 
 # ----------------------------------------------------------------------------------- image level

@@ -17,6 +17,10 @@ def make_scores(n=60, d=8, seed=0, **overrides):
     )
     # BADGE's gradient embeddings, drawn last so the arrays above keep their values.
     fields["extras"]["gradient_embedding"] = rng.normal(0, 1, (n, 4)) * fields["entropy"][:, None]
+    # What SegmentationNet.score_pool adds for ClaSP PE and the predicted-foreground random baseline.
+    p_foreground = rng.random(n)
+    fields["extras"]["class_entropy"] = fields["entropy"][:, None] * np.stack([1 - p_foreground, p_foreground], axis=1)
+    fields["extras"]["predicted_foreground_fraction"] = np.where(np.arange(n) % 4 == 0, 0.0, p_foreground)
     fields.update(overrides)
     return PoolScores(**fields)
 
@@ -146,3 +150,30 @@ def test_badge_picks_spread_out_embeddings_and_needs_them():
     assert sorted(i // 20 for i in picked) == [0, 1, 2]
     with pytest.raises(KeyError, match=r"gradient_embedding.*score_gradients=True"):
         get_strategy("badge")(make_scores(extras={}), 3, np.arange(60), np.random.default_rng(1))
+
+
+def test_clasp_pe_stratifies_by_class_and_noises_less_as_beta_grows():
+    n = 200
+    entropy = np.linspace(0.01, 0.69, n)
+    p_fg = np.where(np.arange(n) < 100, 0.9, 0.0)  # the foreground class only in the first half
+    scores = make_scores(n=n, entropy=entropy, extras={"class_entropy": np.stack([entropy * (1 - p_fg), entropy * p_fg], 1)})
+    select = get_strategy("clasp-pe")
+    picked = select(scores, 30, np.arange(n), np.random.default_rng(0), beta=1e6)  # no noise: exact top ranks
+    # 66 % of 30 = 19 by foreground entropy (the top of the first half), the 11 others by entropy (the top overall).
+    np.testing.assert_array_equal(picked, np.r_[np.arange(81, 100), np.arange(189, 200)])
+    noisy = [select(scores, 30, np.arange(n), np.random.default_rng(s), beta=1.0) for s in range(5)]
+    assert all(len(set(p.tolist())) == 30 for p in noisy)
+    assert len({tuple(p.tolist()) for p in noisy}) == 5  # power sampling draws other sets
+    assert np.mean([np.isin(p, np.arange(100)).mean() for p in noisy]) > 0.5  # still stratified towards foreground
+    with pytest.raises(ValueError, match="'beta' parameter of clasp-pe"):
+        select(scores, 3, np.arange(n), np.random.default_rng(0), beta=0)
+    with pytest.raises(KeyError, match="class_entropy"):
+        select(make_scores(extras={}), 3, np.arange(60), np.random.default_rng(0))
+
+
+def test_random_predicted_foreground_reads_the_networks_foreground_not_the_truth():
+    scores = make_scores(extras={"predicted_foreground_fraction": np.where(np.arange(60) < 10, 0.5, 0.0)})
+    picked = get_strategy("random-predicted-foreground")(scores, 8, np.arange(60), np.random.default_rng(0))
+    assert np.isin(picked, np.arange(10)).sum() >= 4  # ceil(0.5 * 8) from the predicted foreground
+    with pytest.raises(KeyError, match="predicted_foreground_fraction"):
+        get_strategy("random-predicted-foreground")(make_scores(extras={}), 3, np.arange(60), np.random.default_rng(0))
