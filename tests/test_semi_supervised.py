@@ -97,3 +97,22 @@ def test_strong_view_keeps_geometry_range_and_marks_the_cutout():
     assert np.corrcoef(view[keep].numpy(), x[keep].numpy())[0, 1] > 0.5
     labels = semi.pseudo_labels(torch.tensor([[[[2.0]], [[0.0]]], [[[0.1]], [[0.0]]]]), 0.8, 255)
     assert labels.flatten().tolist() == [0, 255]
+
+
+def test_bench_runs_semi_supervised_and_refuses_to_resume_it_otherwise(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from focal_al.cli import main
+
+    tiny = ["bench", "--n-images", "11", "--image-size", "48", "--patch-size", "16", "--width", "2", "--train-steps", "2",
+            "--initial-train-steps", "2", "--batch-size", "4", "--step", "0.1", "--budget", "0.2", "--clusters", "2",
+            "--max-train-steps", "4", "--quiet", "--seeds", "0", "--threads", "1", "--strategies", "random-patch",
+            "--full-supervision-epochs", "1", "--out-dir", str(tmp_path)]
+    done = CliRunner().invoke(main, [*tiny, "--semi-supervised", "fixmatch"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "config.json").read_text())["semi_supervised"] == "fixmatch"
+    assert len(json.loads((tmp_path / "runs" / "random-patch-seed0" / "rounds.json").read_text())) >= 2
+    refused = CliRunner().invoke(main, [*tiny, "--budget", "0.3", "--resume"])
+    assert refused.exit_code != 0 and "semi_supervised" in refused.output
