@@ -9,7 +9,34 @@ import base64
 
 import numpy as np
 
-__all__ = ["RevealedPixels"]
+__all__ = ["RevealedPixels", "boundary_map"]
+
+
+def boundary_map(instances: np.ndarray) -> np.ndarray:
+    """The object boundary pixels of a label image: an annotation-effort proxy.
+
+    A pixel is on a boundary when it belongs to an object (label > 0) and one of its four
+    neighbours has another label (another object, background, or the image border). Counting the
+    boundary pixels inside what was revealed measures what an annotator traces there (polygon
+    outlines), which pixel counts misjudge for region queries (Cai et al., CVPR 2021).
+
+    Parameters
+    ----------
+    instances : ndarray of int of shape (H, W)
+        Instance ids (or 0/1 classes); 0 is background.
+
+    Returns
+    -------
+    ndarray of bool of shape (H, W)
+    """
+    labels = np.asarray(instances)
+    if labels.ndim != 2:
+        raise ValueError(f"'instances' must be a 2-D label image. Got shape {labels.shape} instead.")
+    padded = np.pad(labels, 1, mode="constant", constant_values=0)
+    centre = padded[1:-1, 1:-1]
+    differs = ((padded[:-2, 1:-1] != centre) | (padded[2:, 1:-1] != centre)
+               | (padded[1:-1, :-2] != centre) | (padded[1:-1, 2:] != centre))
+    return differs & (centre > 0)
 
 
 class RevealedPixels:

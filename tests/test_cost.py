@@ -65,3 +65,19 @@ def test_errors():
         r.reveal_patches([0, 0, 0], [[0, 0], [1, 1]], 2)
     with pytest.raises(ValueError, match="'patch_size'"):
         r.reveal_patches(0, [[0, 0]], 0)
+
+
+def test_boundary_map_marks_object_outlines_only():
+    from focal_al.cost import boundary_map
+
+    labels = np.zeros((6, 7), dtype=np.int32)
+    labels[1:5, 1:4] = 1   # a 4x3 object
+    labels[1:5, 4:6] = 2   # touching another object
+    edge = boundary_map(labels)
+    assert not edge[labels == 0].any()
+    assert edge[1:5, 1].all() and edge[1:5, 3].all() and edge[1:5, 4].all()  # outer and shared sides
+    assert not edge[2:4, 2].any()  # the inside of object 1
+    full = np.ones((3, 3), dtype=np.uint8)  # an object to the image border: its border is its outline
+    assert boundary_map(full).sum() == 8
+    with pytest.raises(ValueError, match="2-D label image"):
+        boundary_map(np.zeros((2, 2, 2)))

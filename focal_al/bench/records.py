@@ -34,7 +34,8 @@ REQUIRED_KEYS = (
     "object_dice",
 )
 #: Keys a record may omit; a missing one reads as ``None`` (``label`` reads as the strategy name).
-OPTIONAL_KEYS = ("label", "cu", "cd", "foreground_cost", "n_revealed_foreground", "n_regions", "train_steps",
+OPTIONAL_KEYS = ("label", "cu", "cd", "foreground_cost", "n_revealed_foreground", "n_regions",
+                 "n_revealed_boundary", "boundary_cost", "foreground_efficiency", "train_steps",
                  "train_seconds", "query_seconds", "eval_seconds", "threads")
 #: Metric keys whose values are numbers (``cu`` / ``cd`` may also be ``None``).
 METRIC_KEYS = ("dice", "voe", "object_f1", "object_dice", "cu", "cd")

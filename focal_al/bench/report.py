@@ -396,6 +396,9 @@ def summarize(
                 "final_cost_min": float(min(by_seed[s][-1]["cost"] for s in seeds)),
                 "final_foreground_cost": _mean_or_none([by_seed[s][-1].get("foreground_cost") for s in seeds]),
                 "final_regions": _mean_or_none([by_seed[s][-1].get("n_regions") for s in seeds]),
+                "final_boundary_cost": _mean_or_none([by_seed[s][-1].get("boundary_cost") for s in seeds]),
+                "final_foreground_efficiency": _mean_or_none([by_seed[s][-1].get("foreground_efficiency")
+                                                              for s in seeds]),
                 "final_dice": final_dice,
                 "final_dice_std": final_dice_std,
                 "aubc": aubc_mean,
@@ -451,6 +454,10 @@ def _final_costs(row: Mapping) -> str:
         text += f", foreground {100 * row['final_foreground_cost']:.1f} %"
     if row.get("final_regions") is not None:
         text += f", {row['final_regions']:.0f} regions"
+    if row.get("final_boundary_cost") is not None:
+        text += f", outlines {100 * row['final_boundary_cost']:.1f} %"
+    if row.get("final_foreground_efficiency") is not None:
+        text += f", {100 * row['final_foreground_efficiency']:.0f} % of revealed pixels foreground"
     return text
 
 
@@ -652,7 +659,9 @@ def render_report(
         lines += [
             "",
             "Costs are unique revealed pixels as a percentage of all training pixels (the final cost also "
-            "in foreground pixels revealed, as a percentage of all foreground pixels, and in regions queried: "
+            "in foreground pixels revealed, as a percentage of all foreground pixels, in regions queried, in "
+            "object outline pixels revealed, as a percentage of all outline pixels (what an annotator traces), "
+            "and as the share of revealed pixels that are foreground: "
             "pixel cost alone misjudges region queries, and background is cheaper to label). `a ± b` is the mean "
             "± sample standard deviation over seeds. AUBC is the area under the Dice-vs-cost curve over "
             "the range shown, divided by its width (the curve's mean Dice there); the range is the same "

@@ -546,7 +546,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     weights) does not give the recorded Dice on this machine, from the replayed weights; the last
     replayed round's record notes it (``replay_drift``) and the report marks the run's pairs.
     """
-    from focal_al.cost import RevealedPixels
+    from focal_al.cost import RevealedPixels, boundary_map
 
     store, train, test = data.store, data.train, data.test
     run_dir = out_dir / "runs" / f"{spec.key}-seed{seed}"
@@ -617,6 +617,8 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         load_checkpoint(net, run_dir / state["weights"])
     per_round = queries_per_round(config, level, n_patches, n_images, learner.revealed_.n_total)
     total_foreground = max(1, sum(int(np.count_nonzero(m)) for m in train.masks))
+    boundaries = [boundary_map(m) for m in train.masks]  # the effort proxy: outline pixels revealed
+    total_boundary = max(1, sum(int(np.count_nonzero(b)) for b in boundaries))
     cu_cd = (None, None)  # mean CU and CD of the last query (Fig. 5); none before the first
 
     while True:
@@ -627,11 +629,14 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
             revealed = learner.revealed_
             labelled = learner.train_rows_
             n_foreground = sum(int(np.count_nonzero(revealed.mask(i) & (m > 0))) for i, m in enumerate(train.masks))
+            n_boundary = sum(int(np.count_nonzero(revealed.mask(i) & b)) for i, b in enumerate(boundaries))
             records.append({
                 "strategy": spec.key, "label": spec.label, "seed": seed, "round": round_,
                 "cost": revealed.cost, "n_revealed_pixels": int(revealed.n_revealed),
                 "n_revealed_foreground": n_foreground, "foreground_cost": n_foreground / total_foreground,
                 "n_regions": sum(len(q["items"]) for q in queries),
+                "n_revealed_boundary": n_boundary, "boundary_cost": n_boundary / total_boundary,
+                "foreground_efficiency": n_foreground / max(1, int(revealed.n_revealed)),
                 "n_labelled": int(len(labelled) if level == "patch" else len(labelled_images)), **metrics,
                 "cu": cu_cd[0],
                 "cd": cu_cd[1],
