@@ -34,19 +34,8 @@ def save_safetensors_weights(net, path):
         Initialised or fitted.
     path : str or path-like
     """
-    from safetensors.torch import save_file
-
     net.check_is_fitted()
-    path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.module_.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(state, os.fspath(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+    net.save_weights(path)
 
 
 def load_safetensors_weights(net, path):
@@ -62,28 +51,10 @@ def load_safetensors_weights(net, path):
     -------
     net : SegmentationNet
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Weights file '{path}' does not exist; expected a safetensors file.")
-    if not getattr(net, "initialized_", False):
-        net.initialize()
-    try:
-        state = load_file(os.fspath(path), device=str(net.device_))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(
-            f"Weights file '{path}' is damaged or not a safetensors file ({exc}); expected the round's "
-            f"weights as written by save_safetensors_weights."
-        ) from exc
-    try:
-        net.module_.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"Weights file '{path}' does not fit the network ({type(net.module_).__name__}): {exc}"
-        ) from exc
-    return net
+        raise FileNotFoundError(f"Weights file '{path}' does not exist; expected a weights file (safetensors).")
+    return net.load_weights(path)
 
 
 @contextlib.contextmanager

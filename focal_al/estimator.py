@@ -9,8 +9,6 @@ every query criterion reads) and runs whole images
 from __future__ import annotations
 
 import contextlib
-import os
-import pickle
 import warnings
 from typing import Iterator
 
@@ -862,53 +860,52 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
 
     # ------------------------------------------------------------------ weights
 
-    def save_weights(self, path) -> None:
-        """Save the network's weights (``state_dict`` only, via ``torch.save``).
+    def save_weights(self, path, *, optimizer: bool = False) -> None:
+        """Save the network's weights to a safetensors file (:mod:`focal_al.weights`), atomically.
 
         Parameters
         ----------
         path : str or path-like
+        optimizer : bool, default=False
+            Also save the optimiser's state, so that training resumes exactly (the bench's checkpoints).
         """
-        self._check_fitted("save_weights")
-        state = {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        from focal_al.weights import write_weights
 
-    def load_weights(self, path):
+        self._check_fitted("save_weights")
+        optimizer_state = self.optimizer_.state_dict() if optimizer else None
+        write_weights(path, self.module_.state_dict(), optimizer_state)
+
+    def load_weights(self, path, *, optimizer: bool = False):
         """Load weights saved by :meth:`save_weights`, initialising the net first if needed.
 
-        Only tensors are read (``torch.load(weights_only=True)``): a file that holds any other
-        pickled object is refused with a ``ValueError`` and nothing in it is executed.
+        Only tensors are read (safetensors; an older ``torch.save`` file with
+        ``torch.load(weights_only=True)``): nothing in the file is executed.
 
         Parameters
         ----------
         path : str or path-like
+        optimizer : bool, default=False
+            Also restore the optimiser's state; the file must hold it.
 
         Returns
         -------
         self
         """
+        from focal_al.weights import read_weights
+
         if not getattr(self, "initialized_", False):
             self.initialize()
+        state, optimizer_state = read_weights(path, device=self.device_)
+        if optimizer and optimizer_state is None:
+            raise ValueError(f"The weights file '{path}' holds no optimiser state; it cannot resume training exactly.")
         try:
-            state = torch.load(path, map_location=self.device_, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ValueError(
-                f"Refused to load {os.fspath(path)!r}: it is not a plain weights file (only tensors "
-                f"are accepted; nothing was executed). Details: {exc}"
-            ) from exc
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # torch raises OSError, EOFError, RuntimeError... for damaged files
-            detail = str(exc) or type(exc).__name__
-            raise ValueError(
-                f"Cannot load the weights file {os.fspath(path)!r}: it is empty, truncated or not a "
-                f"weights file ({detail}). Save it again with save_weights."
-            ) from exc
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{os.fspath(path)!r} does not hold a state_dict of tensors.")
-        self.module_.load_state_dict(state)
+            self.module_.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise ValueError(f"The weights file '{path}' does not fit the network ({type(self.module_).__name__}, "
+                             f"width {self._module_attr('width')}, depth {self._module_attr('depth')}): {first}") from exc
+        if optimizer:
+            self.optimizer_.load_state_dict(optimizer_state)
         self.mark_trained()
         return self
 

@@ -265,11 +265,13 @@ class PatchActiveLearner(BaseLearner):
 
     # -------------------------------------------------------------------------------- teaching
 
-    def teach(self, indices, y=None, *, X_pool=None, **fit_kwargs) -> "PatchActiveLearner":
+    def teach(self, indices, y=None, *, X_pool=None, fit: bool = True, **fit_kwargs) -> "PatchActiveLearner":
         """Label pool rows: record them, reveal their pixels and refit the estimator.
 
         Nothing is recorded unless the fit accepts the labels: a refused ``teach`` (bad label
-        values, a failed fit, an interrupt) leaves the learner exactly as it was.
+        values, a failed fit, an interrupt) leaves the learner exactly as it was. With
+        ``fit=False`` the labels are recorded and revealed without training (an annotation project
+        records each import and trains later); :meth:`train` then fits on everything labelled.
 
         Parameters
         ----------
@@ -281,6 +283,8 @@ class PatchActiveLearner(BaseLearner):
         X_pool : array-like of shape (n_patches, C, l, l), optional
             The patches to train on; by default the ones given at construction, the store's, or
             the last queried or taught.
+        fit : bool, default=True
+            Refit the estimator (False: record the labels only).
         **fit_kwargs
             Passed to the estimator's ``partial_fit``/``fit``.
 
@@ -292,11 +296,36 @@ class PatchActiveLearner(BaseLearner):
             if y is not None:
                 raise ValueError("level='image' teaches whole images with the store's labels; y is not accepted.")
             images = check_indices(indices, self._n_pool, "indices")
-            return self._teach_images(images, units=images, X_pool=X_pool, **fit_kwargs)
+            return self._teach_images(images, units=images, X_pool=X_pool, fit=fit, **fit_kwargs)
         pool = self._training_pool(X_pool)
         idx = check_indices(indices, len(pool), "indices")
         return self._teach_rows(idx, y, reveal=lambda r: self._reveal_rows(r, idx), units=idx, X_pool=pool,
-                                **fit_kwargs)
+                                fit=fit, **fit_kwargs)
+
+    def train(self, *, X_pool=None, **fit_kwargs) -> "PatchActiveLearner":
+        """Fit the estimator on every labelled row with the learner's recipe, as :meth:`teach` does.
+
+        Warm started (``partial_fit``) or from scratch as the learner's ``warm_start`` says; the
+        cached pool scores are dropped. Labelled rows and revealed pixels are unchanged.
+
+        Parameters
+        ----------
+        X_pool : array-like of shape (n_patches, C, l, l), optional
+            As for :meth:`teach`.
+        **fit_kwargs
+            Passed to the estimator's ``partial_fit``/``fit``.
+
+        Returns
+        -------
+        self
+        """
+        if not len(self.train_rows_):
+            raise ValueError("Nothing is labelled yet: teach some rows (or images) before train.")
+        pool = self._training_pool(X_pool)
+        self._invalidate()
+        # A sorted index list keeps memmap / HDF5 reads sequential; only the labelled rows are copied.
+        self._fit_estimator(np.asarray(pool[self.train_rows_]), self.y_labelled_, warm=self.warm_start, **fit_kwargs)
+        return self
 
     def teach_images(self, images, *, X_pool=None, **fit_kwargs) -> "PatchActiveLearner":
         """Label whole training images: every patch of them, and every pixel (e.g. an initial set).
@@ -343,13 +372,13 @@ class PatchActiveLearner(BaseLearner):
         return self._teach_rows(rows, None, reveal=lambda r: self._reveal_rows(r, rows), units=np.empty(0, np.intp),
                                 X_pool=pool, **fit_kwargs)
 
-    def _teach_images(self, images, *, units, X_pool, **fit_kwargs):
+    def _teach_images(self, images, *, units, X_pool, fit=True, **fit_kwargs):
         pool = self._training_pool(X_pool)
         rows = np.flatnonzero(np.isin(np.asarray(self._image_index), images))
         if units is not None:  # image level: patches already taught one by one are not taught twice
             rows = np.setdiff1d(rows, self.train_rows_, assume_unique=True)
         return self._teach_rows(rows, None, reveal=lambda r: r.reveal_images(images),
-                                units=rows if units is None else units, X_pool=pool, **fit_kwargs)
+                                units=rows if units is None else units, X_pool=pool, fit=fit, **fit_kwargs)
 
     def _training_pool(self, X_pool):
         pool = X_pool if X_pool is not None else self._pool
@@ -361,7 +390,7 @@ class PatchActiveLearner(BaseLearner):
             self._check_pool_size(len(pool))
         return pool
 
-    def _teach_rows(self, rows, y, *, reveal, units, X_pool, **fit_kwargs):
+    def _teach_rows(self, rows, y, *, reveal, units, X_pool, fit=True, **fit_kwargs):
         again = units[np.isin(units, self.labelled_)]
         if again.size:
             raise ValueError(f"Pool rows {again[:5].tolist()} are already labelled; teach each row once.")
@@ -387,9 +416,10 @@ class PatchActiveLearner(BaseLearner):
             if self.revealed_ is not None:
                 reveal(self.revealed_)
             self._invalidate()
-            # A sorted index list keeps memmap / HDF5 reads sequential; only the labelled rows are copied.
-            self._fit_estimator(np.asarray(X_pool[self.train_rows_]), self.y_labelled_, warm=self.warm_start,
-                                **fit_kwargs)
+            if fit:
+                # A sorted index list keeps memmap / HDF5 reads sequential; only the labelled rows are copied.
+                self._fit_estimator(np.asarray(X_pool[self.train_rows_]), self.y_labelled_, warm=self.warm_start,
+                                    **fit_kwargs)
         except BaseException:
             self.labelled_, self.y_labelled_, self.train_rows_, self.revealed_, self._pool = snapshot
             raise

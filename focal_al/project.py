@@ -229,24 +229,6 @@ def _exclusive(method):
     return locked
 
 
-class _RecordedTeaching:
-    """The estimator the learner teaches: it scores with the network and leaves training to the project.
-
-    ``PatchActiveLearner.teach`` refits its estimator at once; a project rebuilds its learner from
-    the files at every command and trains only in ``train`` (or when ``query`` / ``predict`` find
-    the weights older than the labels), so ``partial_fit`` here does nothing.
-    """
-
-    def __init__(self, net):
-        self.net = net
-
-    def score_pool(self, X):
-        return self.net.score_pool(X)
-
-    def partial_fit(self, X, y):
-        return self
-
-
 class AnnotationProject:
     """An annotation project folder; open an existing one with ``AnnotationProject(path)``.
 
@@ -597,13 +579,16 @@ class AnnotationProject:
     def learner(self, net=None, *, strategy=None, strategy_params=None, round_=None):
         """The project's :class:`focal_al.learner.PatchActiveLearner`, rebuilt from the files.
 
-        Every labelled pool row is taught once with its labels from the label files (without
-        training: training happens in :meth:`train`).
+        Every labelled pool row is taught once with its labels from the label files, recorded without
+        training (``teach(..., fit=False)``): the project trains in :meth:`train` (or when ``query`` /
+        ``predict`` find the weights older than the labels) through ``learner.train()``, the recipe
+        ``learner.teach`` runs in code and in the bench.
 
         Parameters
         ----------
         net : SegmentationNet, optional
-            Scores the pool in ``query``; None for a learner that only teaches.
+            The learner's estimator; default the project's network with its saved weights, so the
+            learner can query, score and predict.
         strategy : str, optional
             Default: the project's strategy.
         strategy_params : dict, optional
@@ -623,13 +608,13 @@ class AnnotationProject:
             self.config["strategy_params"] if name == self.config["strategy"] else {})
         round_ = len(self.state["rounds"]) + 1 if round_ is None else round_
         learner = PatchActiveLearner(
-            _RecordedTeaching(net),
+            self._load_net() if net is None else net,
             query_strategy(name, random_state=_seed(self.config["seed"], 1, round_), **params),
             store=self.store, random_state=_seed(self.config["seed"], 2, round_),
         )
         labelled = self.labelled()
         if labelled.size:
-            learner.teach(labelled, y=self.patch_labels(labelled))
+            learner.teach(labelled, y=self.patch_labels(labelled), fit=False)
         return learner
 
     # ------------------------------------------------------------------------------- committing
@@ -668,16 +653,12 @@ class AnnotationProject:
 
     def _train(self, net, learner, steps) -> dict:
         """Continue training ``net`` on the learner's labelled rows and write the weights (uncommitted)."""
-        import torch
-
         total = (self.state["weights"] or {}).get("steps", 0) + steps
         net.set_params(steps_per_epoch=int(steps), random_state=_seed(self.config["seed"], 3, total))
-        # What PatchActiveLearner.teach fits on: the labelled rows and their labels, warm started.
-        net.partial_fit(np.asarray(self.store.patches[learner.labelled_]), learner.y_labelled_)
-        buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in net.module_.state_dict().items()}, buffer)
-        file = self._file_name("weights", "net", ".pt")
-        _atomic_write_bytes(self.path / file, buffer.getvalue())
+        # The learner's recipe, as PatchActiveLearner.teach fits: its labelled rows, warm started.
+        learner.train()
+        file = self._file_name("weights", "net", ".safetensors")
+        net.save_weights(self.path / file)
         return {"file": file, "labels_generation": self.state["labels_generation"], "steps": total}
 
     @_exclusive
@@ -761,7 +742,9 @@ class AnnotationProject:
         learner = self.learner(net, strategy=strategy, strategy_params=strategy_params, round_=round_)
         pool = self.store.patches
         rows, _ = learner.query(pool, n_instances=n)
-        scores = np.asarray(learner.pool_scores(pool).entropy)[rows]
+        # The query's one scoring pass, over the unlabelled rows: each region's score is read from it.
+        candidate_scores, candidates = learner.candidate_scores(pool)
+        scores = np.asarray(candidate_scores.entropy)[np.searchsorted(candidates, rows)]
         order = np.argsort(-scores, kind="stable")
         rows, scores = rows[order], scores[order]
         record = {"round": round_, "strategy": strategy,
@@ -966,8 +949,8 @@ class AnnotationProject:
         rows = np.asarray(sorted(new_rows), dtype=np.intp)
         # The teach step of the active-learning loop: the learner as it stood is taught the answered
         # rows (it refuses rows already labelled or repeated) before the state records them.
-        learner = self.learner()
-        learner.teach(rows, y=self.patch_labels(rows, labels=new_maps))
+        learner = self.learner(self._make_net())
+        learner.teach(rows, y=self.patch_labels(rows, labels=new_maps), fit=False)
         answered = set(rows.tolist())
         rounds = [dict(r, answered=sorted(set(r["answered"]) | (answered & set(r["asked"]))))
                   for r in self.state["rounds"]]
@@ -1024,7 +1007,7 @@ class AnnotationProject:
             "cost": revealed / total,
             "foreground_pixels": foreground,
             "regions_with_foreground": with_foreground,
-            "network_cost": float(self.learner().cost_),
+            "network_cost": float(self.learner(self._make_net()).cost_),
             "trained_steps": (self.state["weights"] or {}).get("steps", 0),
             "weights_current": not self._weights_stale(),
             "validation_dice": float(np.mean(list(validation.values()))) if validation else None,

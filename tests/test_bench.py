@@ -349,9 +349,9 @@ def test_resume_after_kill_matches_uninterrupted(killed, uninterrupted, point, r
     assert read_json(run / "queries.json") == expected_queries
     last = expected_rounds[-1]["round"]
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["config.json", "state.json", "rounds.json", "queries.json", f"weights-round{last}.pt"])
+        ["config.json", "state.json", "rounds.json", "queries.json", f"weights-round{last}.safetensors"])
     state = read_json(run / "state.json")
-    assert state["complete"] and state["round"] == last and state["weights"] == f"weights-round{last}.pt"
+    assert state["complete"] and state["round"] == last and state["weights"] == f"weights-round{last}.safetensors"
     assert without_timings(read_json(out / "records.json")) == without_timings(expected_rounds)
 
 
@@ -359,7 +359,7 @@ def test_uninterrupted_run_folder_is_clean(uninterrupted):
     out, rounds, _ = uninterrupted
     run = out / "runs" / "random-patch-seed0"
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["config.json", "state.json", "rounds.json", "queries.json", f"weights-round{rounds[-1]['round']}.pt"])
+        ["config.json", "state.json", "rounds.json", "queries.json", f"weights-round{rounds[-1]['round']}.safetensors"])
     config = read_json(run / "config.json")
     assert config["strategies"] == ["random-patch"] and config["seeds"] == [0]
 
@@ -428,7 +428,7 @@ def committed_without_state(reference, tmp_path, n_rounds):
     (run / "rounds.json").write_text(json.dumps(reference[1][:n_rounds]))
     (run / "queries.json").write_text(json.dumps(reference[2][:n_rounds]))
     (run / "state.json").unlink()
-    for weights in run.glob("weights-round*.pt"):
+    for weights in run.glob("weights-round*.safetensors"):
         weights.unlink()
     return out, run
 

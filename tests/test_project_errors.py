@@ -261,5 +261,5 @@ def test_a_killed_command_leaves_the_project_as_it_was(template, tmp_path):
         steps = project.state["weights"]["steps"]
         project.train(steps=1)  # a rerun continues
         assert AnnotationProject(target).state["weights"]["steps"] == steps + 1
-        assert sorted(p.name for p in (target / "weights").iterdir()) == [f"net.{project.state['generation']}.pt"]
+        assert sorted(p.name for p in (target / "weights").iterdir()) == [f"net.{project.state['generation']}.safetensors"]
     assert True in outcomes  # at least one kill landed before the commit

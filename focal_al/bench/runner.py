@@ -310,25 +310,16 @@ def _cluster_criteria(config, descriptors, seed, round_) -> tuple[float, float]:
 
 
 def save_checkpoint(net, path: Path) -> None:
-    """Write the network's weights and its optimizer's state (tensors and numbers only), atomically."""
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"module": net.module_.state_dict(), "optimizer": net.optimizer_.state_dict()}, tmp)
-    os.replace(tmp, path)
+    """Write the network's weights and its optimizer's state (the one weights format), atomically."""
+    net.save_weights(path, optimizer=True)
 
 
 def load_checkpoint(net, path: Path) -> None:
-    """Load a :func:`save_checkpoint` file into an initialised net (``weights_only``: nothing unpickled)."""
-    import torch
-
+    """Load a :func:`save_checkpoint` file (or an older ``torch.save`` one) into an initialised net."""
     try:
-        checkpoint = torch.load(path, map_location=net.device_, weights_only=True)
-    except Exception as err:  # torch raises several types for a damaged or foreign file
-        raise ValueError(f"Cannot load the checkpoint {path}: {err}. Delete the run folder to restart it.") from err
-    net.module_.load_state_dict(checkpoint["module"])
-    net.optimizer_.load_state_dict(checkpoint["optimizer"])
-    net.mark_trained()
+        net.load_weights(path, optimizer=True)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"Cannot load the checkpoint {path}: {err} Delete the run folder to restart it.") from err
 
 
 #: The committed run state's keys and their JSON types.
@@ -382,7 +373,7 @@ class RunState:
 
     def commit(self, state: dict, net, round_: int) -> None:
         """Save the checkpoint under a new name, then atomically replace the state that points to it."""
-        weights = f"weights-round{round_}.pt"
+        weights = f"weights-round{round_}.safetensors"
         save_checkpoint(net, self.run_dir / weights)
         _kill_point("weights-saved", round_)
         state["weights"] = weights
@@ -398,7 +389,7 @@ class RunState:
         """
         atomic_write_json(self.run_dir / "rounds.json", state["records"])
         atomic_write_json(self.run_dir / "queries.json", state["queries"])
-        for stale in self.run_dir.glob("weights-round*.pt"):
+        for stale in [*self.run_dir.glob("weights-round*.safetensors"), *self.run_dir.glob("weights-round*.pt")]:
             if stale.name != state["weights"]:
                 stale.unlink(missing_ok=True)
 
