@@ -490,6 +490,109 @@ class PatchActiveLearner(BaseLearner):
         self._invalidate()
         return self
 
+    # -------------------------------------------------------------------------------- saved state
+
+    def state_dict(self) -> dict:
+        """The loop's state as plain JSON data: level, labelled query units, trained rows, revealed pixels.
+
+        With the labels (``y_labelled_``) and the estimator's weights it is what :meth:`save` writes.
+
+        Returns
+        -------
+        dict
+        """
+        return {"version": 1, "level": self.level, "n_pool": self._n_pool, "labelled": self.labelled_.tolist(),
+                "train_rows": self.train_rows_.tolist(),
+                "revealed": None if self.revealed_ is None else self.revealed_.to_dict()}
+
+    def save(self, path, *, optimizer: bool = True):
+        """Save the learner's whole state in one file (safetensors, :mod:`focal_al.weights`).
+
+        The file holds the estimator's weights (and, with ``optimizer``, its optimiser's state, so
+        that the next ``teach`` continues exactly as it would have), the labels of the trained rows,
+        and :meth:`state_dict`. The pool and the query strategy are not saved: a loading learner is
+        built on the same pool.
+
+        Parameters
+        ----------
+        path : str or path-like
+        optimizer : bool, default=True
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        import json
+
+        import torch
+
+        from focal_al.weights import write_weights
+
+        net = self.estimator
+        if not getattr(net, "initialized_", False) or getattr(net, "module_", None) is None:
+            raise ValueError("save needs an initialised network estimator (SegmentationNet) whose weights it writes.")
+        extra = {} if self.y_labelled_ is None else {"labels": torch.from_numpy(np.ascontiguousarray(self.y_labelled_))}
+        return write_weights(path, net.module_.state_dict(), net.optimizer_.state_dict() if optimizer else None,
+                             extra=extra, metadata={"learner": json.dumps(self.state_dict())})
+
+    def load(self, path, *, optimizer: bool = True) -> "PatchActiveLearner":
+        """Restore what :meth:`save` wrote into this (new) learner, built on the same pool.
+
+        Parameters
+        ----------
+        path : str or path-like
+        optimizer : bool, default=True
+            Also restore the optimiser's state (the file must hold it).
+
+        Returns
+        -------
+        self
+        """
+        import json
+
+        from focal_al.cost import RevealedPixels
+        from focal_al.weights import read_weights_file
+
+        net = self.estimator
+        if len(self.labelled_) or len(self.train_rows_):
+            raise ValueError("load is for a new learner; this one already has labelled rows.")
+        if not getattr(net, "initialized_", False):
+            net.initialize()
+        module, optimizer_state, extra, metadata = read_weights_file(path, device=getattr(net, "device_", "cpu"))
+        if "learner" not in metadata:
+            raise ValueError(f"'{path}' holds a network's weights but no learner state; load it with "
+                             "SegmentationNet.load_weights, or save the learner with PatchActiveLearner.save.")
+        try:
+            state = json.loads(metadata["learner"])
+            level, n_pool = state["level"], state["n_pool"]
+            labelled, train_rows = (np.asarray(state[k], dtype=np.intp) for k in ("labelled", "train_rows"))
+            revealed = None if state["revealed"] is None else RevealedPixels.from_dict(state["revealed"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"The learner state in '{path}' is damaged ({err}).") from err
+        if level != self.level or (self._n_pool is not None and n_pool is not None and n_pool != self._n_pool):
+            raise ValueError(f"'{path}' holds a {level}-level learner over {n_pool} pool units; this one is "
+                             f"{self.level}-level over {self._n_pool}. Build the learner on the pool it was saved for.")
+        labels = extra.get("labels")
+        if len(train_rows) and (labels is None or len(labels) != len(train_rows)):
+            raise ValueError(f"The learner state in '{path}' has {len(train_rows)} trained rows but "
+                             f"{0 if labels is None else len(labels)} label patches.")
+        if optimizer and optimizer_state is None:
+            raise ValueError(f"'{path}' holds no optimiser state; pass optimizer=False to load the weights alone.")
+        net.module_.load_state_dict(module)
+        if optimizer:
+            net.optimizer_.load_state_dict(optimizer_state)
+        if hasattr(net, "mark_trained"):
+            net.mark_trained()
+        if revealed is not None and self.revealed_ is not None and \
+                [tuple(s) for s in revealed.image_shapes] != [tuple(s) for s in self.revealed_.image_shapes]:
+            raise ValueError(f"'{path}' was saved for other images (its image shapes differ from this pool's).")
+        self.revealed_ = revealed
+        self.labelled_, self.train_rows_ = labelled, train_rows
+        self.y_labelled_ = None if labels is None else labels.numpy()
+        self._n_pool = n_pool if self._n_pool is None else self._n_pool
+        self._invalidate()
+        return self
+
     def _fit_estimator(self, X, y, *, warm: bool, **fit_kwargs) -> None:
         if getattr(self.estimator, "semi_supervised", None) and self._pool is not None:
             # Semi-supervised training reads the whole pool: unlabelled rows and unrevealed pixels.

@@ -16,7 +16,7 @@ import os
 import pickle
 from pathlib import Path
 
-__all__ = ["FORMAT", "write_weights", "read_weights"]
+__all__ = ["FORMAT", "write_weights", "read_weights", "read_weights_file"]
 
 #: The metadata marker of files written by :func:`write_weights`.
 FORMAT = "focal-al-weights-1"
@@ -45,7 +45,8 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def write_weights(path, module_state: dict, optimizer_state: dict | None = None) -> Path:
+def write_weights(path, module_state: dict, optimizer_state: dict | None = None, *,
+                  extra: dict | None = None, metadata: dict | None = None) -> Path:
     """Write a weights file atomically (a temporary file, flushed, then renamed over ``path``).
 
     Parameters
@@ -55,6 +56,10 @@ def write_weights(path, module_state: dict, optimizer_state: dict | None = None)
         The network's ``state_dict``.
     optimizer_state : dict, optional
         The optimiser's ``state_dict``, for an exact resume.
+    extra : dict of str to Tensor, optional
+        Further tensors (stored as ``extra/<name>``), e.g. a learner's labels.
+    metadata : dict of str to str, optional
+        Further metadata (e.g. a learner's state as JSON).
 
     Returns
     -------
@@ -64,7 +69,8 @@ def write_weights(path, module_state: dict, optimizer_state: dict | None = None)
 
     path = Path(path)
     tensors = {f"module/{k}": v.detach().cpu().contiguous() for k, v in module_state.items()}
-    metadata = {"format": FORMAT}
+    tensors.update({f"extra/{k}": v.detach().cpu().contiguous() for k, v in (extra or {}).items()})
+    metadata = {**(metadata or {}), "format": FORMAT}
     if optimizer_state is not None:
         flat, meta = _flatten_optimizer(optimizer_state)
         tensors.update(flat)
@@ -89,7 +95,13 @@ def _is_safetensors(head: bytes) -> bool:
 
 
 def read_weights(path, *, device="cpu") -> tuple[dict, dict | None]:
-    """Read a weights file: ``(module_state, optimizer_state or None)``.
+    """Read a weights file: ``(module_state, optimizer_state or None)`` (see :func:`read_weights_file`)."""
+    module, optimizer, _, _ = read_weights_file(path, device=device)
+    return module, optimizer
+
+
+def read_weights_file(path, *, device="cpu") -> tuple[dict, dict | None, dict, dict]:
+    """Read a weights file: ``(module_state, optimizer_state or None, extra tensors, metadata)``.
 
     Parameters
     ----------
@@ -102,6 +114,8 @@ def read_weights(path, *, device="cpu") -> tuple[dict, dict | None]:
     module_state : dict of str to Tensor
     optimizer_state : dict or None
         None where the file holds no optimiser state.
+    extra : dict of str to Tensor
+    metadata : dict of str to str
 
     Raises
     ------
@@ -126,13 +140,14 @@ def read_weights(path, *, device="cpu") -> tuple[dict, dict | None]:
                 metadata = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             if metadata.get("format") != FORMAT:  # a plain safetensors state_dict
-                return tensors, None
+                return tensors, None, {}, metadata
             module = {k[len("module/"):]: v for k, v in tensors.items() if k.startswith("module/")}
+            extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
             optimizer = None
             if "optimizer" in metadata:
                 optimizer = _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optimizer/")},
                                                  json.loads(metadata["optimizer"]))
-            return module, optimizer
+            return module, optimizer, extra, metadata
         except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"The weights file '{path}' is damaged or truncated ({exc}).") from exc
     try:
@@ -152,4 +167,4 @@ def read_weights(path, *, device="cpu") -> tuple[dict, dict | None]:
         optimizer = None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"'{path}' does not hold a network's weights (a state_dict of tensors).")
-    return state, optimizer
+    return state, optimizer, {}, {}

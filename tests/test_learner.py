@@ -296,3 +296,53 @@ def test_warm_start_false_refits_from_scratch():
     learner.teach([0, 1])
     learner.teach([2])
     assert net.fits == [("fit", 2, (2, 4, 4)), ("fit", 3, (3, 4, 4))]
+
+
+def test_save_and_load_the_whole_learner_state(tmp_path):
+    import torch
+
+    from focal_al.estimator import SegmentationNet
+
+    X, labels, coords, image_index, shapes = make_pool(n=24, patch=4)
+    X = np.repeat(X, 3, axis=1)
+
+    def build():
+        net = SegmentationNet(module__width=2, module__depth=1, max_epochs=1, steps_per_epoch=3, batch_size=4,
+                              random_state=0)
+        return PatchActiveLearner(net, query_strategy("iu"), labels=labels, coords=coords, image_index=image_index,
+                                  image_shapes=shapes, patch_size=4, X_pool=X, random_state=0)
+
+    learner = build()
+    mine = labels[[2, 5, 9]].copy()
+    mine[:, 0] = 255  # the user's own partial answers, not the pool's labels
+    learner.teach(np.array([2, 5, 9]), y=mine)
+    learner.save(tmp_path / "learner.safetensors")
+    other = build().load(tmp_path / "learner.safetensors")
+    np.testing.assert_array_equal(other.labelled_, learner.labelled_)
+    np.testing.assert_array_equal(other.y_labelled_, mine)
+    assert other.cost_ == learner.cost_
+    for a, b in zip(other.estimator.module_.state_dict().values(), learner.estimator.module_.state_dict().values()):
+        assert torch.equal(a, b)
+    # Both continue identically once their round is seeded alike (as the bench seeds every round): the
+    # optimiser's state came along.
+    for each in (learner, other):
+        each.estimator.set_params(random_state=5)
+        each.teach(np.array([11]))
+    for a, b in zip(other.estimator.module_.state_dict().values(), learner.estimator.module_.state_dict().values()):
+        assert torch.equal(a, b)
+    learner.estimator.save_weights(tmp_path / "weights.safetensors")
+    with pytest.raises(ValueError, match="no learner state"):
+        build().load(tmp_path / "weights.safetensors")
+    with pytest.raises(ValueError, match="already has labelled rows"):
+        other.load(tmp_path / "learner.safetensors")
+
+
+def test_teach_without_fit_records_and_train_fits_the_same():
+    X, labels, coords, image_index, shapes = make_pool()
+    learner, net, X, labels = make_learner("iu")
+    learner.teach(np.array([1, 4]), X_pool=X, fit=False)
+    assert net.fits == [] and learner.labelled_.tolist() == [1, 4] and learner.cost_ > 0
+    learner.train()
+    assert net.fits == [("partial_fit", 2, (2, 4, 4))]
+    with pytest.raises(ValueError, match="Nothing is labelled"):
+        make_learner("iu")[0].train()

@@ -309,15 +309,18 @@ def _cluster_criteria(config, descriptors, seed, round_) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------- one run
 
 
-def save_checkpoint(net, path: Path) -> None:
-    """Write the network's weights and its optimizer's state (the one weights format), atomically."""
-    net.save_weights(path, optimizer=True)
+def load_checkpoint(learner, path: Path) -> None:
+    """Restore a run's learner from its checkpoint: ``PatchActiveLearner.save``'s file (labelled rows,
+    revealed pixels, labels, weights, optimiser), or an older ``torch.save`` of the weights and the
+    optimiser, whose learner state the caller restores first from ``state.json``."""
+    from focal_al.weights import read_weights_file
 
-
-def load_checkpoint(net, path: Path) -> None:
-    """Load a :func:`save_checkpoint` file (or an older ``torch.save`` one) into an initialised net."""
     try:
-        net.load_weights(path, optimizer=True)
+        learner.estimator.initialize()
+        if read_weights_file(path)[3].get("learner"):
+            learner.load(path)
+        else:
+            learner.estimator.load_weights(path, optimizer=True)
     except (ValueError, FileNotFoundError) as err:
         raise ValueError(f"Cannot load the checkpoint {path}: {err} Delete the run folder to restart it.") from err
 
@@ -371,10 +374,10 @@ class RunState:
                              "to restart this run (its records are lost) or restore the file.")
         return state
 
-    def commit(self, state: dict, net, round_: int) -> None:
+    def commit(self, state: dict, learner, round_: int) -> None:
         """Save the checkpoint under a new name, then atomically replace the state that points to it."""
         weights = f"weights-round{round_}.safetensors"
-        save_checkpoint(net, self.run_dir / weights)
+        learner.save(self.run_dir / weights)
         _kill_point("weights-saved", round_)
         state["weights"] = weights
         atomic_write_json(self.path, state)
@@ -576,7 +579,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         state = _round_state(spec, seed, round_, protocol, learner, labelled_images, records, queries,
                              n_pool=len(query_pool), weights=None, done=False)
         write_run_config()
-        run_state.commit(state, net, round_)
+        run_state.commit(state, learner, round_)
         if state["complete"]:
             return records
     elif state is None:
@@ -603,9 +606,9 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
             raise ValueError(f"The run state {run_state.path} does not fit this pool ({n_patches} patches, {n_images} "
                              f"images): it was written for other data. Delete the folder {run_dir} to restart this run.")
         records, queries = state["records"], state["queries"]
-        learner.restore(labelled_images if level == "image" else labelled, revealed=revealed, train_rows=labelled)
-        net.initialize()
-        load_checkpoint(net, run_dir / state["weights"])
+        if not state["weights"].endswith(".safetensors"):  # a checkpoint of the weights alone (before 2026-12)
+            learner.restore(labelled_images if level == "image" else labelled, revealed=revealed, train_rows=labelled)
+        load_checkpoint(learner, run_dir / state["weights"])
     per_round = queries_per_round(config, level, n_patches, n_images, learner.revealed_.n_total)
     total_foreground = max(1, sum(int(np.count_nonzero(m)) for m in train.masks))
     boundaries = [boundary_map(m) for m in train.masks]  # the effort proxy: outline pixels revealed
@@ -638,7 +641,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
             state = _round_state(spec, seed, round_, protocol, learner, labelled_images, records, queries,
                                  n_pool=len(query_pool), weights=state.get("weights") if state else None,
                                  done=revealed.cost >= config.budget - 1e-12)
-            run_state.commit(state, net, round_)
+            run_state.commit(state, learner, round_)
             report(_progress_line(spec, seed, records, config.budget))
             if round_ == 0 and (warning := _round0_warning(out_dir, spec, seed, records[0])):
                 report(warning)
