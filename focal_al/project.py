@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -64,6 +65,12 @@ _IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 # A GeoJSON coordinate may sit on the image border (x == W); allow QuPath's float rounding beyond
 # it, no more: a larger excess means another coordinate frame.
 _FRAME_TOLERANCE = 1.0
+
+
+#: The names of the files and folders a project writes (so that clean-up touches nothing else).
+_OWN_FILE = re.compile(r"^(?P<stem>.+)\.(?P<generation>\d+)\.(?P<suffix>png|pt|safetensors)$")
+_ROUND = re.compile(r"^round-\d{3,}$")
+_TEMPORARY = re.compile(r"^\..+\.tmp$")
 
 
 class ProjectError(ValueError):
@@ -626,19 +633,31 @@ class AnnotationProject:
         self._remove_unreferenced()
 
     def _remove_unreferenced(self) -> None:
-        """Delete files a killed command wrote but never committed, and files no longer in use."""
+        """Delete files a killed command wrote but never committed, and the project's files no longer in use.
+
+        Only names the project writes are touched (``labels/<image>.<n>.png``, ``weights/net.<n>.*``,
+        ``rounds/round-NNN``, hidden ``.*.tmp`` files and folders): anything else a user keeps in the
+        folder (answers, other weights, sub-folders) stays.
+        """
         keep = {self.path / f for f in self.state["labels"].values()}
         if self.state["weights"] is not None:
             keep.add(self.path / self.state["weights"]["file"])
-        for folder in ("labels", "weights"):
-            for file in (self.path / folder).glob("*") if (self.path / folder).is_dir() else ():
-                if file not in keep:
+        names = set(self.pool_names)
+        ours = {"labels": lambda m: m["stem"] in names and m["suffix"] == "png",
+                "weights": lambda m: m["stem"] == "net" and m["suffix"] in ("pt", "safetensors")}
+        for folder, is_ours in ours.items():
+            for file in (self.path / folder).iterdir() if (self.path / folder).is_dir() else ():
+                if file in keep or not file.is_file():
+                    continue
+                match = _OWN_FILE.match(file.name)
+                if (match and is_ours(match)) or _TEMPORARY.match(file.name):
                     file.unlink()
         for file in self.path.glob(".*.tmp"):
-            file.unlink()
+            if file.is_file():
+                file.unlink()
         rounds = {f"round-{r['round']:03d}" for r in self.state["rounds"]}
-        for folder in (self.path / "rounds").glob("*") if (self.path / "rounds").is_dir() else ():
-            if folder.name not in rounds:
+        for folder in (self.path / "rounds").iterdir() if (self.path / "rounds").is_dir() else ():
+            if folder.is_dir() and folder.name not in rounds and (_ROUND.match(folder.name) or _TEMPORARY.match(folder.name)):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def _file_name(self, folder: str, stem: str, suffix: str) -> str:

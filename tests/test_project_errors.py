@@ -263,3 +263,23 @@ def test_a_killed_command_leaves_the_project_as_it_was(template, tmp_path):
         assert AnnotationProject(target).state["weights"]["steps"] == steps + 1
         assert sorted(p.name for p in (target / "weights").iterdir()) == [f"net.{project.state['generation']}.safetensors"]
     assert True in outcomes  # at least one kill landed before the commit
+
+
+def test_committing_deletes_only_the_projects_own_files(project):
+    user_files = {
+        project.path / "rounds" / "answers" / "A.geojson": b"{}",
+        project.path / "weights" / "my_good_weights.pt": b"mine",
+        project.path / "weights" / "net.notes.txt": b"mine too",
+        project.path / "labels" / "README.txt": b"how we label",
+        project.path / "weights" / "old" / "net.1.pt": b"an archive",
+    }
+    for path, data in user_files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    stale = project.path / "weights" / "net.0.safetensors"  # one the project wrote and no longer uses
+    stale.write_bytes(b"old")
+    project.train(steps=1)
+    project.train(steps=1)  # and a second commit: a sub-folder in weights/ never breaks it
+    assert all(path.read_bytes() == data for path, data in user_files.items())
+    assert not stale.exists()
+    assert (project.path / project.state["weights"]["file"]).is_file()
