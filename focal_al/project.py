@@ -852,8 +852,9 @@ class AnnotationProject:
 
         The image of a file is its stem (``train_1.geojson`` annotates ``train_1``) unless
         ``image`` is given. Rectangles of class ``"Region"`` named like an open region mark it
-        answered; a file without any marks answers every open region of its image. Every other
-        Polygon or MultiPolygon is foreground, rasterised inside the answered regions only.
+        answered (background where no object lies); a file without any marks answers the open
+        regions of its image that its objects fall in or touch, and leaves the others open. Every
+        other Polygon or MultiPolygon is foreground, rasterised inside the answered regions only.
 
         Parameters
         ----------
@@ -932,7 +933,17 @@ class AnnotationProject:
                     continue
                 answered.append(region)
             if not marks:
-                answered = list(open_by_image.get(name, []))
+                # Objects alone answer the regions they fall in or touch; a region with no object in the
+                # file is not answered "background" by default (a glands-only or cropped export would
+                # silently commit every open region as background).
+                still_open = list(open_by_image.get(name, []))
+                answered = [r for r in still_open if any(g.intersects(_box(r.box)) for g in objects)]
+                empty = [r.name for r in still_open if r not in answered]
+                if empty:
+                    report.not_asked.append(
+                        f"'{file}': no object in open region(s) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} "
+                        f"of image {name!r}: left open (a file without Region rectangles answers only the regions "
+                        f"its objects touch; add a Region rectangle named like the region to answer it as background)")
             if not answered:
                 report.not_asked.append(f"'{file}': no open region of image {name!r} in it")
                 continue

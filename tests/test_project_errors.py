@@ -283,3 +283,25 @@ def test_committing_deletes_only_the_projects_own_files(project):
     assert all(path.read_bytes() == data for path, data in user_files.items())
     assert not stale.exists()
     assert (project.path / project.state["weights"]["file"]).is_file()
+
+
+def test_a_geojson_without_region_rectangles_answers_only_the_regions_its_objects_touch(project, template, tmp_path):
+    _, data = template
+
+    def touches(g, box):
+        return g.box[0] <= box[2] and box[0] <= g.box[2] and g.box[1] <= box[3] and box[1] <= g.box[3]
+
+    # A region of an image with another open region that a gland inside the first does not touch.
+    pairs = [(r, g) for r in project.open_regions() for g in project.open_regions()
+             if g.image == r.image and g is not r and not touches(g, (r.box[0] + 1, r.box[1] + 1, r.box[0] + 4, r.box[1] + 4))]
+    if not pairs:  # the template asks more regions than images, so some image holds two
+        pytest.skip("no image with two separate open regions in this template")
+    region, other = pairs[0]
+    x0, y0 = region.box[:2]
+    gland = {"type": "Feature", "properties": {"objectType": "annotation", "classification": {"name": "Gland"}},
+             "geometry": {"type": "Polygon", "coordinates": [[[x0 + 1, y0 + 1], [x0 + 4, y0 + 1], [x0 + 4, y0 + 4],
+                                                              [x0 + 1, y0 + 1]]]}}
+    report = project.import_geojson([export(project, data, region, tmp_path, features=[gland])])
+    assert region.name in report.answered and other.name not in report.answered
+    assert other.name in {g.name for g in project.open_regions()}  # not committed as background
+    assert any("left open" in line and other.name in line for line in report.not_asked)
