@@ -294,6 +294,18 @@ def project_import(directory, masks, mask_suffix, geojson, image, more_geojson):
         click.echo(f"not used: {line}")
 
 
+@project.command("reopen")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("regions", nargs=-1, required=True)
+@_user_errors
+def project_reopen(directory, regions):
+    """Re-open answered regions (e.g. R1-002) that were answered wrongly: they are asked again."""
+    from focal_al.project import AnnotationProject
+
+    names = AnnotationProject(directory).reopen(regions)
+    click.echo(f"{len(names)} region(s) re-opened: {', '.join(names)}; answer them again with `focal-al project import`.")
+
+
 @project.command("train")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--steps", type=int, help="Gradient steps (default: the project's --train-steps).")

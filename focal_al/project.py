@@ -989,6 +989,69 @@ class AnnotationProject:
         report.missing = [g.name for g in self.open_regions()]
         return report
 
+    @_exclusive
+    def reopen(self, names) -> list:
+        """Re-open answered regions (a wrong answer): they are asked again in their round.
+
+        Their pixels become unannotated (255) again, except where another answered region or an
+        initial image also covers them; the network's weights become older than the labels. Each
+        re-opening is recorded in the round's ``reopened`` list. Answer them again with ``import``.
+
+        Parameters
+        ----------
+        names : sequence of str
+            Region names, e.g. ``["R1-002"]``.
+
+        Returns
+        -------
+        list of str
+            The regions re-opened.
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        if not names:
+            raise ValueError("reopen needs at least one region name, e.g. R1-002.")
+        by_name = {g.name: g for g in self.regions()}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ProjectError(f"Project '{self.path}' asked no region named {', '.join(map(repr, unknown))}; its "
+                               f"regions are {', '.join(list(by_name)[:8])}{' ...' if len(by_name) > 8 else ''}.")
+        answered = {row for r in self.state["rounds"] for row in r["answered"]}
+        unanswered = [n for n in names if by_name[n].pool_index not in answered]
+        if unanswered:
+            raise ProjectError(f"Region(s) {', '.join(unanswered)} of '{self.path}' are not answered; there is "
+                               "nothing to re-open.")
+        targets = [by_name[n] for n in dict.fromkeys(names)]
+        rows = {g.pool_index for g in targets}
+        others = [g for g in self.regions() if g.pool_index in answered and g.pool_index not in rows]
+        initial_images = {self.store.image_names[i] for i in np.unique(self.store.image_index[self.state["initial"]])} \
+            if self.state["initial"] else set()
+        new_files = dict(self.state["labels"])
+        for name in sorted({g.image for g in targets}):
+            if name in initial_images:
+                raise ProjectError(f"Image {name!r} of '{self.path}' was labelled whole at init; its regions cannot be "
+                                   "re-opened one by one.")
+            labels = self.labels(name)
+            cleared = np.zeros(labels.shape, dtype=bool)
+            for g in targets:
+                if g.image == name:
+                    x0, y0, x1, y1 = g.box
+                    cleared[y0:y1, x0:x1] = True
+            for g in others:
+                if g.image == name:
+                    x0, y0, x1, y1 = g.box
+                    cleared[y0:y1, x0:x1] = False
+            labels[cleared] = IGNORE
+            new_files[name] = self._file_name("labels", name, ".png")
+            _atomic_write_bytes(self.path / new_files[name], _png_bytes(labels))
+        generation = self.state["labels_generation"] + 1
+        rounds = [dict(r, answered=[row for row in r["answered"] if row not in rows],
+                       reopened=r.get("reopened", []) + [{"row": g.pool_index, "region": g.name,
+                                                          "labels_generation": generation}
+                                                         for g in targets if g.round == r["round"]])
+                  for r in self.state["rounds"]]
+        self._commit(dict(self.state, labels=new_files, rounds=rounds, labels_generation=generation))
+        return [g.name for g in targets]
+
     # ------------------------------------------------------------------------------- reporting
 
     def status(self) -> dict:

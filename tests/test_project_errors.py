@@ -305,3 +305,34 @@ def test_a_geojson_without_region_rectangles_answers_only_the_regions_its_object
     assert region.name in report.answered and other.name not in report.answered
     assert other.name in {g.name for g in project.open_regions()}  # not committed as background
     assert any("left open" in line and other.name in line for line in report.not_asked)
+
+
+def test_a_wrongly_answered_region_can_be_reopened_and_answered_again(project, template, tmp_path):
+    from click.testing import CliRunner
+
+    from focal_al.cli import main
+
+    _, data = template
+    region = an_open_region(project)
+    project.import_geojson([export(project, data, region, tmp_path)])
+    assert region.name not in {g.name for g in project.open_regions()}
+    generation = project.state["labels_generation"]
+    result = CliRunner().invoke(main, ["project", "reopen", str(project.path), region.name])
+    assert result.exit_code == 0 and region.name in result.output
+    project = AnnotationProject(project.path)
+    assert region.name in {g.name for g in project.open_regions()}
+    assert project.state["labels_generation"] == generation + 1
+    reopened = [e for r in project.state["rounds"] for e in r.get("reopened", [])]
+    assert reopened == [{"row": region.pool_index, "region": region.name, "labels_generation": generation + 1}]
+    x0, y0, x1, y1 = region.box
+    others = [g for g in project.regions() if g.image == region.image and g.name != region.name
+              and g.pool_index in project.labelled()]
+    untouched = np.ones((y1 - y0, x1 - x0), dtype=bool)
+    for g in others:  # pixels another answered region covers keep their labels
+        untouched[max(g.box[1], y0) - y0:max(min(g.box[3], y1) - y0, 0), max(g.box[0], x0) - x0:max(min(g.box[2], x1) - x0, 0)] = False
+    assert (project.labels(region.image)[y0:y1, x0:x1][untouched] == 255).all()
+    report = project.import_geojson([export(project, data, region, tmp_path)])
+    assert region.name in report.answered
+    for bad, message in ((["R9-999"], "asked no region"), ([project.open_regions()[0].name], "not answered")):
+        refused = CliRunner().invoke(main, ["project", "reopen", str(project.path), *bad])
+        assert refused.exit_code != 0 and message in refused.output and "Traceback" not in refused.output
