@@ -410,6 +410,13 @@ def score(store, weights, scores_path, scheduler, workers, width, depth, batch_s
     from focal_al.streaming import streaming_focannot
 
     try:
+        from pathlib import Path
+
+        out = Path(scores_path).resolve()
+        if out in (Path(store).resolve(), Path(weights).resolve()) or out.with_suffix(".safetensors") in (
+                Path(store).resolve(), Path(weights).resolve()):
+            raise ValueError(f"--out {scores_path} (and its weights copy {Path(scores_path).with_suffix('.safetensors')}) "
+                             f"must not name the input store or weights; choose another name.")
         pool = PatchStore(store)
         net = load_safetensors_weights(
             SegmentationNet(module__width=width, module__depth=depth, batch_size=batch_size), weights)

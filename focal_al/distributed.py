@@ -188,6 +188,10 @@ def score_pool_distributed(
     weights_path = Path(weights_path) if weights_path is not None else scores_path.with_suffix(".safetensors")
     if weights_path.exists() and not overwrite:
         raise FileExistsError(f"Weights file '{weights_path}' already exists; pass overwrite=True to replace it.")
+    for output, what in ((scores_path, "scores file"), (weights_path, "weights file")):
+        if output.resolve() == store.path.resolve():
+            raise ValueError(f"The {what} '{output}' would replace the input PatchStore '{store.path}'; choose "
+                             "another output name.")
     batch_size = _check_int("batch_size", net.batch_size if batch_size is None else batch_size)
     chunk_size = _check_int("chunk_size", chunk_size)
     # Whole batches per task: each forward pass then sees the same patches as a single-process pass.
@@ -198,11 +202,28 @@ def score_pool_distributed(
 
     # One patch through the network gives the descriptor dimension for the file's layout.
     d = net.score_pool(store.patches[:1]).descriptors.shape[1]
-    save_safetensors_weights(net, weights_path)
+    # The workers read the weights from a hidden file that becomes weights_path only with the scores:
+    # a failed or killed run leaves no weights file to block its rerun (which removes the hidden one).
+    partial = weights_path.with_name(f".{weights_path.name}.partial")
+    partial.unlink(missing_ok=True)
+    save_safetensors_weights(net, partial)
     blueprint = clone(net)
+    try:
+        scores = _score_into(scores_path, store, n, d, blueprint, partial, weights_path, chunk_size, batch_size,
+                             client, n_workers)
+        os.replace(partial, weights_path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return scores
+
+
+def _score_into(scores_path, store, n, d, blueprint, weights_read, weights_recorded, chunk_size, batch_size, client,
+                n_workers):
+    """Score the store on the workers into ``scores_path`` (published atomically)."""
+    weights_path = weights_read
     with _publishing(scores_path) as tmp:
         offsets = _allocate(tmp, n, d, {"store": os.fspath(store.path.resolve()),
-                                        "weights": os.fspath(weights_path.resolve()),
+                                        "weights": os.fspath(Path(weights_recorded).resolve()),
                                         "batch_size": batch_size})
         starts = list(range(0, n, chunk_size))
         stops = [min(n, s + chunk_size) for s in starts]

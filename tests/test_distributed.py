@@ -1,5 +1,6 @@
 """Scoring on a Dask LocalCluster, the scores file, and streaming selection, against the in-memory path."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_worker_failure_leaves_nothing(tmp_path, store, net, client, monkeypatch
     monkeypatch.setattr(distributed, "save_safetensors_weights", lambda net, path: os.replace(bad, path))
     with pytest.raises(ValueError, match="does not fit the network"):
         score_pool_distributed(net, store, tmp_path / "r.h5", client=client)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no weights file left to block a rerun
 
 
 def test_safetensors_round_trip_and_damage(tmp_path, net):
@@ -194,3 +195,20 @@ def test_streaming_caps_k_at_the_candidates_like_the_in_memory_strategy(tmp_path
     f = write_scores(tmp_path / "s.h5", blobs(50))
     picked = streaming_focannot(f, 2, candidates=[3, 7, 9], k=5, random_state=0)
     assert len(set(picked.tolist())) == 2 and set(picked.tolist()) <= {3, 7, 9}
+
+
+def test_score_refuses_to_write_over_its_inputs(tmp_path, store, net):
+    from click.testing import CliRunner
+
+    from focal_al.cli import main
+
+    weights = tmp_path / "w.safetensors"
+    save_safetensors_weights(net, weights)
+    before = {p: p.read_bytes() for p in (weights, Path(store.path))}
+    for out in (store.path, tmp_path / "w.h5"):  # the store itself; a name whose weights copy is the input
+        result = CliRunner().invoke(main, ["score", str(store.path), str(weights), "--out", str(out), "--overwrite",
+                                           "--width", "2", "--depth", "2"])
+        assert result.exit_code != 0 and "must not name the input" in result.output
+    assert all(p.read_bytes() == data for p, data in before.items())
+    with pytest.raises(ValueError, match="would replace the input PatchStore"):
+        score_pool_distributed(net, store, store.path, overwrite=True)
