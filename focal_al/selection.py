@@ -393,11 +393,21 @@ def fit_centres(descriptors, k: int, *, rng: np.random.Generator, n_init: int = 
     return model.cluster_centers_
 
 
-def assign_clusters(x, centres, *, chunk: int = 65536):
-    """Labels by the nearest of ``centres``, and the member means of Eqs. 6-7 (as :func:`kmeans`).
+#: Lloyd steps :func:`assign_clusters` takes at most to make labels and centroids agree.
+MAX_LLOYD_STEPS = 50
 
-    For centres fitted elsewhere (streaming ``partial_fit``); ``x`` may be any row container
-    that slices (a memmap, a scores file's rows).
+
+def assign_clusters(x, centres, *, chunk: int = 65536, max_steps: int = MAX_LLOYD_STEPS):
+    """Labels and centroids that agree: each row in the cluster of its nearest centroid, each
+    centroid the mean of its cluster's members (Eqs. 6-7), as :func:`kmeans` returns them.
+
+    Starting from ``centres`` (fitted elsewhere: MiniBatchKMeans, or streaming ``partial_fit``),
+    assignment and member means alternate (Lloyd steps, at most ``max_steps``) until the labels
+    no longer change: MiniBatchKMeans's centres are running averages, and the member means of its
+    assignment can lie nearer other rows (16 of 90 random cases before). The labels returned are
+    always those of the nearest returned centroid; the centroids are the member means whenever the
+    steps converged (a warning says when they did not). ``x`` may be any row container that slices
+    (a memmap, a scores file's rows).
 
     Returns
     -------
@@ -405,7 +415,18 @@ def assign_clusters(x, centres, *, chunk: int = 65536):
     centroids : ndarray of shape (k, d)
     """
     labels = nearest_centroid(x, centres, chunk=chunk)
-    return labels, member_means(x, labels, centres, chunk=chunk)
+    means = member_means(x, labels, centres, chunk=chunk)
+    for _ in range(max_steps):
+        moved = nearest_centroid(x, means, chunk=chunk)
+        if np.array_equal(moved, labels):
+            return labels, means
+        labels = moved
+        means = member_means(x, labels, means, chunk=chunk)
+    import warnings
+
+    warnings.warn(f"k-means assignment did not settle within {max_steps} Lloyd steps; the centroids returned are "
+                  "the last step's, the labels their nearest.", RuntimeWarning, stacklevel=2)
+    return nearest_centroid(x, means, chunk=chunk), means
 
 
 def member_means(x, labels, fallback, *, chunk: int = 65536) -> np.ndarray:
