@@ -418,6 +418,10 @@ def score(store, weights, scores_path, scheduler, workers, width, depth, batch_s
             raise ValueError(f"--out {scores_path} (and its weights copy {Path(scores_path).with_suffix('.safetensors')}) "
                              f"must not name the input store or weights; choose another name.")
         pool = PatchStore(store)
+        if n_query is not None and not 1 <= n_query <= len(pool):
+            raise ValueError(f"--query must be in [1, {len(pool)}] (the store's patches). Got {n_query} instead.")
+        if n_query is not None and not 1 <= clusters <= n_query * 1000:
+            raise ValueError(f"--clusters must be >= 1. Got {clusters} instead.")
         net = load_safetensors_weights(
             SegmentationNet(module__width=width, module__depth=depth, batch_size=batch_size), weights)
         scores = score_pool_distributed(net, pool, scores_path, client=scheduler, n_workers=workers,

@@ -344,7 +344,7 @@ class AnnotationProject:
         """
         from focal_al.datasets import _read_image
         from focal_al.patches import _check_overlap, _check_patch_size
-        from focal_al.registry import strategy_info
+        from focal_al.registry import check_strategy_values, strategy_info
         from focal_al.store import PatchStore
 
         path = Path(path)
@@ -369,6 +369,7 @@ class AnnotationProject:
                 f"The 'strategy' parameter of {caller} must be a patch-level strategy (regions are "
                 f"patches). Got {strategy!r}, an image-level strategy."
             )
+        check_strategy_values(strategy, dict(strategy_params or {}), option_names={"k": "--clusters"})
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(f"Project folder '{path}' already exists and is not empty.")
 
@@ -676,6 +677,14 @@ class AnnotationProject:
         net.set_params(steps_per_epoch=int(steps), random_state=_seed(self.config["seed"], 3, total))
         # The learner's recipe, as PatchActiveLearner.teach fits: its labelled rows, warm started.
         learner.train()
+        import torch
+
+        if not all(bool(torch.isfinite(t).all()) for t in net.module_.state_dict().values() if t.is_floating_point()):
+            raise ProjectError(
+                f"Training diverged: the network's weights are no longer finite (NaN or infinite) after {steps} "
+                f"steps at learning rate {net.lr:g}; nothing was committed, the project keeps its last weights. "
+                f"Lower the learning rate (project.json, network.lr; 1e-3 is the default) and train again."
+            )
         file = self._file_name("weights", "net", ".safetensors")
         net.save_weights(self.path / file)
         return {"file": file, "labels_generation": self.state["labels_generation"], "steps": total}
@@ -752,6 +761,10 @@ class AnnotationProject:
                 f"({', '.join(g.name for g in still_open[:5])}{' ...' if len(still_open) > 5 else ''}); import "
                 f"their annotations (`focal-al project import`) before asking for more."
             )
+        n_unlabelled = len(self.store) - int(self.labelled().size)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= n_unlabelled:
+            raise ValueError(f"The number of regions to ask (--n) must be an int in [1, {n_unlabelled}] (the pool's "
+                             f"unlabelled regions). Got {n!r} instead.")
         if strategy is None:
             strategy = self.config["strategy"] if self.labelled().size else "random-patch"
         if strategy_info(strategy).kind != "patch":

@@ -406,6 +406,47 @@ def check_strategy_params(name: str, params: dict) -> None:
             criterion_info(value)
 
 
+def check_strategy_values(name: str, params: dict, *, option_names: dict | None = None) -> None:
+    """Refuse a strategy's parameters now, not after a round of annotation: names (as
+    :func:`check_strategy_params`) and values, by a trial query on small synthetic scores.
+
+    Parameters
+    ----------
+    name : str
+    params : dict
+    option_names : dict, optional
+        How each parameter is spelt where the user gave it (``{"k": "--clusters"}``), for the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter as the user gave it and what the strategy said.
+    """
+    from focal_al.scores import PoolScores
+
+    spelt = ", ".join(f"{(option_names or {}).get(k, k)}={v!r}" for k, v in params.items())
+    try:
+        check_strategy_params(name, params)
+    except TypeError as err:
+        raise ValueError(f"{err} (given: {spelt}).") from err
+    if strategy_info(name).kind != "patch":
+        return
+    rng = np.random.default_rng(0)
+    n = 64
+    entropy = rng.random(n) * np.log(2)
+    p = rng.random(n)
+    trial = PoolScores(entropy=entropy, margin=rng.random(n), least_confidence=rng.random(n) / 2,
+                       descriptors=rng.normal(size=(n, 8)).astype(np.float32),
+                       extras={"class_entropy": entropy[:, None] * np.stack([1 - p, p], 1),
+                               "predicted_foreground_fraction": p, "foreground_fraction": p})
+    try:
+        strategy_info(name).func(trial, 4, np.arange(n), rng, **params)
+    except KeyError:
+        pass  # scores this trial lacks (TTA views, gradients...): not a parameter problem
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"Strategy {name!r} refuses its parameters ({spelt}): {err}") from err
+
+
 def query_strategy(name: str, *, random_state=None, **params) -> Callable:
     """A modAL (0.4.1) query strategy running the registered strategy ``name``.
 

@@ -16,3 +16,73 @@ def test_kmeans_labels_are_the_nearest_returned_centroid(seed):
     assert np.all(own <= distances.min(axis=1) + 1e-9)
     for c in np.unique(labels):
         np.testing.assert_allclose(centroids[c], x[labels == c].mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- the CLI battery
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+from click.testing import CliRunner  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from focal_al.cli import main  # noqa: E402
+from focal_al.datasets import make_synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    data = make_synthetic(2, size=(64, 96), seed=3)
+    (folder / "img").mkdir()
+    (folder / "masks").mkdir()
+    for image, mask, name in zip(data.images, data.masks, data.names):
+        Image.fromarray(image).save(folder / "img" / f"{name}.png")
+        Image.fromarray((mask > 0).astype(np.uint8)).save(folder / "masks" / f"{name}.png")
+    return folder, data
+
+
+@pytest.fixture(scope="module")
+def made(images, tmp_path_factory):
+    """A project with the first image labelled and an open round."""
+    folder, data = images
+    (folder / "first").mkdir(exist_ok=True)
+    shutil.copy(folder / "masks" / f"{data.names[0]}.png", folder / "first")
+    out = tmp_path_factory.mktemp("p") / "proj"
+    result = CliRunner().invoke(main, init_args(images, out, "--masks", str(folder / "first")))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def fresh(made, tmp_path):
+    shutil.copytree(made, tmp_path / "proj")
+    return tmp_path / "proj"
+
+
+def init_args(images, out, *more):
+    folder, _ = images
+    return ["project", "init", str(out), "--images", str(folder / "img"), "--patch-size", "16", "--width", "2",
+            "--depth", "2", "--train-steps", "2", *more]
+
+
+def refused(args, *words):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit), \
+        result.output
+    for word in words:
+        assert word in result.output, (word, result.output)
+    return result
+
+
+def test_strategy_parameters_are_checked_at_init(images, tmp_path):
+    refused(init_args(images, tmp_path / "a", "--strategy", "iu", "--clusters", "3"), "--clusters=3", "'k'")
+    refused(init_args(images, tmp_path / "b", "--clusters", "0"), "--clusters=0", "'k'")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_query_n_is_checked_before_any_scoring(made, tmp_path):
+    proj = fresh(made, tmp_path)
+    refused(["project", "query", proj, "--n", "0"], "--n", "[1,")
+    refused(["project", "query", proj, "--n", "100000"], "--n")
+    assert json.loads((proj / "state.json").read_text())["rounds"] == []
