@@ -902,8 +902,13 @@ class SegmentationNet(PoolScoring, WholeImageInference, NeuralNet):
             self.module_.load_state_dict(state)
         except RuntimeError as exc:
             first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-            raise ValueError(f"The weights file '{path}' does not fit the network ({type(self.module_).__name__}, "
-                             f"width {self._module_attr('width')}, depth {self._module_attr('depth')}): {first}") from exc
+            stem = state.get("encoder.blocks.0.0.weight")
+            blocks = {k.split(".")[2] for k in state if k.startswith("encoder.blocks.")}
+            held = (f"the file holds width {stem.shape[0]}, depth {len(blocks) - 1}; " if stem is not None and blocks
+                    else "")
+            raise ValueError(f"The weights file '{path}' does not fit the network: {held}this "
+                             f"{type(self.module_).__name__} has width {self._module_attr('width')}, depth "
+                             f"{self._module_attr('depth')} ({first})") from exc
         if optimizer:
             self.optimizer_.load_state_dict(optimizer_state)
         self.mark_trained()

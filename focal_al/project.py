@@ -148,7 +148,74 @@ def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
+        if img.format != "PNG":
+            raise ValueError(f"it is a {img.format} file, not a PNG")
+        img.load()  # a truncated file fails here, not later as black pixels
         return np.asarray(img)
+
+
+def _read_json(path: Path):
+    """A project file's JSON, or a ProjectError naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProjectError(f"Project file '{path}' is missing; restore it from a backup.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ProjectError(f"Project file '{path}' is damaged (truncated or not JSON: {err}); restore it from a "
+                           "backup.") from err
+
+
+def _check_schema(path: Path, data, schema: dict, where: str = "") -> None:
+    """Refuse a project file whose keys or types are not the format's, naming the file and the key."""
+    if not isinstance(data, dict):
+        raise ProjectError(f"Project file '{path}' is damaged: {where or 'the file'} is a {type(data).__name__}, "
+                           "expected a JSON object. Restore it from a backup.")
+    for key, kind in schema.items():
+        if key not in data:
+            raise ProjectError(f"Project file '{path}' is damaged: key {where + key!r} is missing. Restore it from a "
+                               "backup.")
+        value = data[key]
+        if isinstance(kind, dict):
+            _check_schema(path, value, kind, f"{where}{key}.")
+        elif isinstance(kind, list):
+            if not isinstance(value, list):
+                raise ProjectError(f"Project file '{path}' is damaged: {where + key!r} is a {type(value).__name__}, "
+                                   "expected a list. Restore it from a backup.")
+            for k, item in enumerate(value):
+                if isinstance(kind[0], dict):
+                    _check_schema(path, item, kind[0], f"{where}{key}[{k}].")
+                elif not _is(item, kind[0]):
+                    raise ProjectError(f"Project file '{path}' is damaged: {where}{key}[{k}] is {item!r}, expected "
+                                       f"{kind[0].__name__}. Restore it from a backup.")
+        elif not _is(value, kind):
+            raise ProjectError(f"Project file '{path}' is damaged: {where + key!r} is {value!r}, expected "
+                               f"{getattr(kind, '__name__', kind)}. Restore it from a backup.")
+
+
+def _is(value, kind) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is _OPTIONAL_WEIGHTS:
+        return value is None or (isinstance(value, dict) and isinstance(value.get("file"), str)
+                                 and _is(value.get("steps"), int) and _is(value.get("labels_generation"), int))
+    return isinstance(value, kind)
+
+
+_OPTIONAL_WEIGHTS = object()
+_CONFIG_SCHEMA = {
+    "images": [{"name": str, "path": str, "sha256": str, "height": int, "width": int, "role": str}],
+    "patch_size": int, "overlap": float, "scale": float, "strategy": str, "strategy_params": dict,
+    "network": {"width": int, "depth": int, "lr": float, "batch_size": int, "train_steps": int},
+    "seed": int, "mask_suffix": str,
+}
+_STATE_SCHEMA = {
+    "generation": int, "labels": dict, "labels_generation": int, "initial": [int],
+    "rounds": [{"round": int, "strategy": str, "strategy_params": dict, "asked": [int], "scores": [float],
+                "answered": [int]}],
+    "weights": _OPTIONAL_WEIGHTS,
+}
 
 
 def _list_images(sources, mask_suffix: str) -> dict:
@@ -263,20 +330,38 @@ class AnnotationProject:
                 f"'{self.path}' is not a focal-al project: '{config_file}' is missing "
                 f"(create one with `focal-al project init`)."
             )
-        self.config = json.loads(config_file.read_text(encoding="utf-8"))
+        self.config = _read_json(config_file)
         if self.config.get("format") != FORMAT or self.config.get("format_version") != FORMAT_VERSION:
             raise ProjectError(
                 f"'{config_file}' has format {self.config.get('format')!r} version "
                 f"{self.config.get('format_version')!r}; expected {FORMAT!r} version {FORMAT_VERSION}."
             )
-        self.state = json.loads((self.path / "state.json").read_text(encoding="utf-8"))
+        _check_schema(config_file, self.config, _CONFIG_SCHEMA)
+        self.state = _read_json(self.path / "state.json")
         if self.state.get("format") != f"{FORMAT}.state":
             raise ProjectError(
                 f"'{self.path / 'state.json'}' has format {self.state.get('format')!r}; expected {FORMAT}.state."
             )
+        _check_schema(self.path / "state.json", self.state, _STATE_SCHEMA)
         self._images = {entry["name"]: entry for entry in self.config["images"]}
         self._check_images()
         self._store = None
+        self._check_rows()
+
+    def _check_rows(self) -> None:
+        """Every pool row the state names lies in the pool; every label file is one of its images'."""
+        n = len(self.store)
+        state_file = self.path / "state.json"
+        named = [("initial", self.state["initial"])] + [
+            (f"rounds[{k}].{key}", r[key]) for k, r in enumerate(self.state["rounds"]) for key in ("asked", "answered")]
+        for where, rows in named:
+            bad = [row for row in rows if not 0 <= row < n]
+            if bad:
+                raise ProjectError(f"'{state_file}' is damaged: {where} names pool rows {bad[:5]} outside the pool "
+                                   f"[0, {n}). Restore the file from a backup.")
+        unknown = [name for name in self.state["labels"] if name not in self._images]
+        if unknown:
+            raise ProjectError(f"'{state_file}' is damaged: labels of unknown images {unknown[:5]}.")
 
     # ------------------------------------------------------------------------------- creating
 
@@ -488,9 +573,20 @@ class AnnotationProject:
         ndarray of uint8 of shape (H, W)
         """
         file = self.state["labels"].get(name)
+        shape = self._full_shape(name)
         if file is None:
-            return np.full(self._full_shape(name), IGNORE, dtype=np.uint8)
-        return np.array(_read_png(self.path / file))
+            return np.full(shape, IGNORE, dtype=np.uint8)
+        path = self.path / file
+        try:
+            labels = np.array(_read_png(path))
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ProjectError(f"Label file '{path}' of image {name!r} cannot be read as a PNG ({err}); restore it "
+                               "from a backup, or re-import that image's annotations.") from err
+        if labels.shape != tuple(shape) or not set(np.unique(labels).tolist()) <= {0, 1, IGNORE}:
+            raise ProjectError(f"Label file '{path}' of image {name!r} holds a {labels.shape} image with values "
+                               f"{np.unique(labels)[:6].tolist()}; expected {tuple(shape)} with 0, 1 and {IGNORE}. "
+                               "Restore it from a backup.")
+        return labels
 
     def labelled(self) -> np.ndarray:
         """Sorted pool rows labelled so far (initial images and answered regions)."""

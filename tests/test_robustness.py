@@ -86,3 +86,61 @@ def test_query_n_is_checked_before_any_scoring(made, tmp_path):
     refused(["project", "query", proj, "--n", "0"], "--n", "[1,")
     refused(["project", "query", proj, "--n", "100000"], "--n")
     assert json.loads((proj / "state.json").read_text())["rounds"] == []
+
+
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda p: (p / "state.json").write_text((p / "state.json").read_text()[:40]), ["state.json", "damaged"]),
+    (lambda p: (p / "project.json").write_text("{"), ["project.json", "damaged"]),
+    (lambda p: _edit_json(p / "state.json", lambda d: d.pop("rounds")), ["state.json", "'rounds' is missing"]),
+    (lambda p: _edit_json(p / "state.json", lambda d: d.update(initial="all")), ["state.json", "'initial'", "list"]),
+    (lambda p: _edit_json(p / "project.json", lambda d: d["network"].update(width="16")), ["project.json", "network.width"]),
+    (lambda p: _edit_json(p / "state.json", lambda d: d["initial"].append(10**6)), ["state.json", "outside the pool"]),
+])
+def test_damaged_project_files_are_named(made, tmp_path, damage, words):
+    proj = fresh(made, tmp_path)
+    damage(proj)
+    refused(["project", "status", proj], *words)
+
+
+def _label_file(proj):
+    state = json.loads((proj / "state.json").read_text())
+    return proj / next(iter(state["labels"].values()))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda f: f.write_bytes(f.read_bytes()[:60]), ["cannot be read"]),
+    (lambda f: Image.open(f).convert("RGB").save(f, format="JPEG"), ["not a PNG"]),
+    (lambda f: Image.fromarray(np.zeros((5, 7), np.uint8)).save(f, format="PNG"), ["(5, 7)", "expected"]),
+])
+def test_damaged_label_files_are_named(made, tmp_path, damage, words):
+    proj = fresh(made, tmp_path)
+    label = _label_file(proj)
+    damage(label)
+    refused(["project", "train", proj], label.name, *words)
+
+
+def test_weights_of_another_network_are_named_with_their_width(made, tmp_path):
+    from focal_al.estimator import SegmentationNet
+
+    proj = fresh(made, tmp_path)
+    assert CliRunner().invoke(main, ["project", "train", str(proj)]).exit_code == 0
+    state = json.loads((proj / "state.json").read_text())
+    SegmentationNet(module__width=4, module__depth=2).initialize().save_weights(proj / state["weights"]["file"])
+    refused(["project", "query", proj, "--n", "2"], state["weights"]["file"].split("/")[-1], "width 4", "width 2")
+
+
+def test_a_diverged_network_is_never_committed(images, tmp_path):
+    out = tmp_path / "lr"
+    folder, data = images
+    (tmp_path / "first").mkdir()
+    shutil.copy(folder / "masks" / f"{data.names[0]}.png", tmp_path / "first")
+    args = [str(a) for a in init_args(images, out, "--masks", tmp_path / "first", "--lr", "1e30")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    refused(["project", "train", out, "--steps", "5"], "diverged", "network.lr")
+    assert json.loads((out / "state.json").read_text())["weights"] is None
