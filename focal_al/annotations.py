@@ -146,6 +146,8 @@ def read_geojson(path) -> list:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AnnotationError(f"GeoJSON file '{path}' is not valid JSON ({exc}).") from exc
+    except RecursionError:
+        raise AnnotationError(f"GeoJSON file '{path}' nests its arrays too deeply to be an annotation export.") from None
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         features = data.get("features")
         if not isinstance(features, list):

@@ -370,14 +370,17 @@ def project_predict(directory, out, threads):
 @click.option("--level", type=int, help="Pyramid level to read (0 = full resolution); exclusive with --mpp.")
 @click.option("--mpp", type=float, help="Resolution to read in micrometres per pixel (nearest level of each slide).")
 @click.option("--min-tissue", type=float, default=0.5, show_default=True, help="Smallest tissue share of a kept patch.")
+@click.option("--tissue-channel", type=click.Choice(["auto", "saturation", "grey"]), default="auto", show_default=True,
+              help="What marks tissue on the overview: saturation (stained tissue on glass), grey (darker than "
+                   "the glass); auto: grey for one-channel slides, else saturation.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-def slides(slides, store_path, patch_size, overlap, level, mpp, min_tissue, overwrite):
+def slides(slides, store_path, patch_size, overlap, level, mpp, min_tissue, tissue_channel, overwrite):
     """Cut the tissue of whole-slide images (pyramidal TIFF, SVS) into a PatchStore."""
     from focal_al.slides import load_slides
 
     try:
         store = load_slides(slides, store_path, patch_size=patch_size, overlap=overlap, level=level, mpp=mpp,
-                            min_tissue=min_tissue, overwrite=overwrite)
+                            min_tissue=min_tissue, tissue_channel=tissue_channel, overwrite=overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"{store.path}: {len(store)} patches of {store.patch_size} px from {store.n_images} slides")

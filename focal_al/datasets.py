@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -18,7 +19,34 @@ from scipy import ndimage
 
 from focal_al.synthetic import make_synthetic_image
 
-__all__ = ["SegmentationDataset", "load_glas", "load_folder", "make_synthetic", "GLAS_SPLITS"]
+__all__ = ["SegmentationDataset", "load_glas", "load_folder", "make_synthetic", "GLAS_SPLITS", "max_image_pixels"]
+
+#: Default largest image (in pixels) read whole into memory: 16384 x 16384 (768 MiB as RGB). Larger
+#: images are whole-slide images: read them block by block (``focal-al slides``, a pyramidal TIFF).
+MAX_IMAGE_PIXELS = 16384 * 16384
+
+
+def max_image_pixels() -> int:
+    """The largest image read whole: ``FOCAL_AL_MAX_IMAGE_PIXELS`` if set, else ``MAX_IMAGE_PIXELS``."""
+    import os
+
+    value = os.environ.get("FOCAL_AL_MAX_IMAGE_PIXELS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"FOCAL_AL_MAX_IMAGE_PIXELS must be a positive integer; it is {value!r}.")
+        return int(value)
+    return MAX_IMAGE_PIXELS
+
+
+def _check_declared_size(path, height: int, width: int) -> None:
+    limit = max_image_pixels()
+    if height * width > limit:
+        raise ValueError(
+            f"Image file '{path}' declares {width} x {height} pixels ({height * width:,}), above the limit of "
+            f"{limit:,} pixels read whole into memory (about {3 * height * width / 2**30:.1f} GiB as RGB). A "
+            f"whole-slide image is read block by block as a pyramidal TIFF (`focal-al slides`); to read it whole "
+            f"anyway, raise FOCAL_AL_MAX_IMAGE_PIXELS."
+        )
 
 GLAS_SPLITS = ("train", "testA", "testB", "mixed-train", "mixed-test")
 _GLAS_NAME = re.compile(r"^(train|testA|testB)_(\d+)$")
@@ -159,17 +187,47 @@ class SegmentationDataset:
 
 # --- reading files ----------------------------------------------------------------------------
 def _read_array(path, *, palette_to_rgb):
-    """Pixels of a file as stored; palette images give RGB or, for masks, their indices."""
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    """Pixels of a file as stored; palette images give RGB or, for masks, their indices.
 
-        return tifffile.imread(path)
-    with Image.open(path) as img:
-        if img.mode == "P" and palette_to_rgb:
+    The declared size is checked against :func:`max_image_pixels` before any pixel is decoded; a
+    truncated, damaged or non-image file raises ``ValueError`` naming it.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape if tif.series else tif.pages[0].shape
+                axes = tif.series[0].axes if tif.series else ""
+                yx = [n for n, a in zip(shape, axes) if a in "YX"] if "Y" in axes and "X" in axes else list(shape[:2])
+                _check_declared_size(path, int(yx[0]), int(yx[1]))
+                return tif.asarray()
+        with warnings.catch_warnings():
+            # focal-al checks the declared size itself, against its own documented limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_image_pixels()
+            try:
+                img = Image.open(path)
+            except Image.DecompressionBombError as err:
+                raise ValueError(f"Image file '{path}' declares more than {max_image_pixels():,} pixels ({err}); a "
+                                 "whole-slide image is read block by block as a pyramidal TIFF (`focal-al slides`), "
+                                 "or raise FOCAL_AL_MAX_IMAGE_PIXELS.") from None
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with img:
+            _check_declared_size(path, img.height, img.width)
+            img.load()  # a truncated file fails here, never as black pixels
+            if img.mode == "P" and palette_to_rgb:
+                return np.asarray(img.convert("RGB"))
+            if img.mode in ("RGB", "RGBA", "L", "P", "I", "I;16", "I;16B", "I;16L", "F", "LA", "1"):
+                return np.asarray(img)
             return np.asarray(img.convert("RGB"))
-        if img.mode in ("RGB", "RGBA", "L", "P", "I", "I;16", "I;16B", "I;16L", "F", "LA", "1"):
-            return np.asarray(img)
-        return np.asarray(img.convert("RGB"))
+    except ValueError:
+        raise
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError, KeyError, IndexError) as err:
+        raise ValueError(f"Image file '{path}' cannot be read: it is truncated, damaged or not an image "
+                         f"({type(err).__name__}: {err}).") from err
 
 
 def _read_image(path):

@@ -1002,6 +1002,11 @@ class AnnotationProject:
                 if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
                     skipped += 1
                     continue
+                if not _finite_coordinates(geometry.get("coordinates")):
+                    raise AnnotationError(
+                        f"GeoJSON file '{file}': feature {k} has a vertex that is not a finite number (NaN, "
+                        "infinite or not a number); fix or delete that object and export again."
+                    )
                 try:
                     shp = to_shape(geometry)
                 except (ValueError, TypeError, AttributeError, IndexError) as exc:
@@ -1017,7 +1022,15 @@ class AnnotationProject:
                         f"this image (is it an export from another image or a rescaled frame?)."
                     )
                 properties = feature.get("properties") or {}
+                if not isinstance(properties, dict):
+                    raise AnnotationError(f"GeoJSON file '{file}': feature {k} has 'properties' {properties!r}; "
+                                          "expected an object.")
                 classification = properties.get("classification") or {}
+                if isinstance(classification, str):  # {"classification": "Region"}: the class's name alone
+                    classification = {"name": classification}
+                if not isinstance(classification, dict):
+                    raise AnnotationError(f"GeoJSON file '{file}': feature {k} has 'classification' "
+                                          f"{classification!r}; expected an object with a 'name' or a name.")
                 if str(classification.get("name", "")).lower() == REGION_CLASS["name"].lower():
                     marks.append((k, properties.get("name"), shp))
                 else:
@@ -1262,6 +1275,15 @@ class AnnotationProject:
             _atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
             written += [mask_file, geojson_file]
         return written
+
+
+def _finite_coordinates(coordinates, depth: int = 0) -> bool:
+    """Whether a GeoJSON coordinates array (at most 4 levels: MultiPolygon) holds finite numbers only."""
+    if isinstance(coordinates, (int, float)) and not isinstance(coordinates, bool):
+        return bool(np.isfinite(coordinates))
+    if not isinstance(coordinates, list) or depth > 4:
+        return False
+    return all(_finite_coordinates(c, depth + 1) for c in coordinates)
 
 
 def _box(box):

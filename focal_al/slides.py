@@ -18,12 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
+from focal_al.datasets import max_image_pixels
 from focal_al.patches import _check_overlap, _check_patch_size, _stride
 from focal_al.store import ImagePatches, PatchStore
 
 __all__ = ["choose_level", "load_slides", "open_slide", "thumbnail", "tissue_mask"]
 
 _TISSUE_CHANNELS = ("saturation", "grey")
+
+
+def _is_grey(slide) -> bool:
+    """Whether the slide stores one channel (grey): its tissue is then found by darkness."""
+    w, h = slide.level_dimensions[-1]
+    sample = np.asarray(slide.read_region((0, 0), len(slide.level_dimensions) - 1, (min(w, 64), min(h, 64)),
+                                          as_array=True))
+    return sample.ndim == 2 or sample.shape[2] < 3
 
 
 def open_slide(path):
@@ -189,10 +198,29 @@ def tissue_mask(slide, *, thumbnail_size=1024, channel="saturation", block_size=
 
 
 def _rgb(region):
-    """RGB channels of a region read by tiffslide (grey is repeated, alpha dropped)."""
+    """RGB uint8 of a region read by tiffslide (grey repeated, alpha dropped), scaled as project images
+    are: 16-bit and other integers by the full range / 257, floats in [0, 1] by 255, never wrapped."""
+    region = np.asarray(region)
     if region.ndim == 2:
-        return np.repeat(region[:, :, None], 3, axis=2)
-    return region[:, :, :3]
+        region = np.repeat(region[:, :, None], 3, axis=2)
+    elif region.shape[2] < 3:
+        region = np.repeat(region[:, :, :1], 3, axis=2)
+    region = region[:, :, :3]
+    if region.dtype == np.uint8:
+        return region
+    if region.dtype == np.bool_:
+        return region.astype(np.uint8) * 255
+    if region.dtype.kind == "f":
+        finite = np.isfinite(region)
+        if not finite.all() or (region.size and (region.min() < 0 or region.max() > 1)):
+            raise ValueError(f"The slide stores floats outside [0, 1] (or NaN): found [{np.nanmin(region):g}, "
+                             f"{np.nanmax(region):g}]; convert it to an 8- or 16-bit slide.")
+        return np.rint(region * 255.0).astype(np.uint8)
+    if region.dtype.kind in "iu" and region.dtype.itemsize <= 2:
+        if region.size and region.min() < 0:
+            raise ValueError("The slide stores negative pixel values; expected an 8- or 16-bit unsigned slide.")
+        return np.rint(region.astype(np.float64) / 257.0).astype(np.uint8)
+    raise ValueError(f"The slide stores {region.dtype} pixels; expected 8- or 16-bit integers or floats in [0, 1].")
 
 
 def _tissue_fractions(mask, scale, coords0, side0):
@@ -227,10 +255,14 @@ def _slide_chunks(slide, level, coords, patch_size, block):
         group = coords[a:b]
         y0, x0 = group.min(axis=0)
         y1, x1 = group.max(axis=0) + l
-        region = slide.read_region(
-            (int(round(x0 * downsample)), int(round(y0 * downsample))), level, (int(x1 - x0), int(y1 - y0)),
-            as_array=True,
-        )
+        try:
+            region = slide.read_region(
+                (int(round(x0 * downsample)), int(round(y0 * downsample))), level, (int(x1 - x0), int(y1 - y0)),
+                as_array=True,
+            )
+        except Exception as exc:  # the codecs raise their own types (DeflateError, ...) on damaged tiles
+            raise ValueError(f"Slide '{getattr(slide, '_filename', '') or 'file'}' cannot be read at level {level} "
+                             f"around x={x0}, y={y0}: it is truncated or damaged ({type(exc).__name__}: {exc}).") from exc
         region = _rgb(np.asarray(region))
         # Channels first once per block, so each patch is a strided copy.
         region = np.ascontiguousarray(region.transpose(2, 0, 1))
@@ -247,15 +279,28 @@ def _slide_patches(path, *, patch_size, overlap, level, mpp, mpp_tolerance, min_
         width, height = slide.level_dimensions[chosen]
         downsample = float(slide.level_downsamples[chosen])
         stride = _stride(patch_size, overlap, "load_slides")
-        # Clip rule only: a slide's border is background, so no patch is mirror-padded there.
+        smallest = min(w * h for w, h in slide.level_dimensions)
+        if smallest > 64 * max_image_pixels():
+            raise ValueError(
+                f"Slide '{path}' declares {width} x {height} pixels with no pyramid level small enough for a "
+                f"tissue overview (its smallest level has {smallest:,} pixels); make a pyramidal TIFF of it "
+                "(see the README) or raise FOCAL_AL_MAX_IMAGE_PIXELS."
+            )
+        if tissue_channel == "auto":
+            tissue_channel = "grey" if _is_grey(slide) else "saturation"
+        mask, scale = tissue_mask(slide, thumbnail_size=thumbnail_size, channel=tissue_channel, block_size=block_size)
+        # Clip rule only: a slide's border is background, so no patch is mirror-padded there. The grid
+        # is made and filtered a band of rows at a time: memory follows the tissue kept, not the slide.
         ys = np.arange(0, height - patch_size + 1, stride, dtype=np.int64)
         xs = np.arange(0, width - patch_size + 1, stride, dtype=np.int64)
-        yy, xx = np.meshgrid(ys, xs, indexing="ij")
-        coords = np.stack([yy.ravel(), xx.ravel()], axis=1)
-        mask, scale = tissue_mask(slide, thumbnail_size=thumbnail_size, channel=tissue_channel, block_size=block_size)
-        if len(coords):
-            keep = _tissue_fractions(mask, scale, coords * downsample, patch_size * downsample) >= min_tissue
-            coords = coords[keep]
+        band = max(1, 2**20 // max(len(xs), 1))
+        kept = []
+        for first in range(0, len(ys), band):
+            yy, xx = np.meshgrid(ys[first:first + band], xs, indexing="ij")
+            grid = np.stack([yy.ravel(), xx.ravel()], axis=1)
+            if len(grid):
+                kept.append(grid[_tissue_fractions(mask, scale, grid * downsample, patch_size * downsample) >= min_tissue])
+        coords = np.concatenate(kept) if kept else np.empty((0, 2), dtype=np.int64)
         if not len(coords):
             warnings.warn(
                 f"Slide '{path}' has no patch with at least {min_tissue:.0%} tissue at level {chosen} "
@@ -281,7 +326,7 @@ def load_slides(
     mpp_tolerance=0.1,
     min_tissue=0.5,
     thumbnail_size=1024,
-    tissue_channel="saturation",
+    tissue_channel="auto",
     block_size=2048,
     overwrite=False,
 ):
@@ -315,8 +360,9 @@ def load_slides(
         Smallest tissue share of a kept patch.
     thumbnail_size : int, default=1024
         Longest side of the thumbnail the tissue is detected on.
-    tissue_channel : {"saturation", "grey"}, default="saturation"
-        What Otsu's threshold is applied to (see :func:`tissue_mask`).
+    tissue_channel : {"auto", "saturation", "grey"}, default="auto"
+        What Otsu's threshold is applied to (see :func:`tissue_mask`); ``"auto"``: ``"grey"`` for
+        a one-channel slide (its saturation is 0 everywhere), else ``"saturation"``.
     block_size : int, default=2048
         Patches are read in groups whose corners share a ``block_size`` square; one region of
         under ``block_size + patch_size`` pixels a side is read per group (this bounds memory).
@@ -354,9 +400,10 @@ def load_slides(
     for param, value in (("thumbnail_size", thumbnail_size), ("block_size", block_size)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"The '{param}' parameter of load_slides must be a positive int. Got {value!r} instead.")
-    if tissue_channel not in _TISSUE_CHANNELS:
+    if tissue_channel not in ("auto",) + _TISSUE_CHANNELS:
         raise ValueError(
-            f"The 'tissue_channel' parameter of load_slides must be one of {_TISSUE_CHANNELS}. Got {tissue_channel!r} instead."
+            f"The 'tissue_channel' parameter of load_slides must be one of {('auto',) + _TISSUE_CHANNELS}. Got "
+            f"{tissue_channel!r} instead."
         )
     if level is not None and mpp is not None:
         raise ValueError(f"Pass either 'level' or 'mpp' to load_slides, not both. Got level={level!r}, mpp={mpp!r}.")

@@ -144,3 +144,89 @@ def test_a_diverged_network_is_never_committed(images, tmp_path):
     assert CliRunner().invoke(main, args).exit_code == 0
     refused(["project", "train", out, "--steps", "5"], "diverged", "network.lr")
     assert json.loads((out / "state.json").read_text())["weights"] is None
+
+
+# ----------------------------------------------------------------------------------- sizes and pixels
+
+def _png_declaring(path, width, height):
+    """A tiny PNG whose header declares width x height pixels (its data a few bytes): a hostile file."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    data = zlib.compress(b"\0" * 64)
+    idat = b"IDAT" + data
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+                     + struct.pack(">I", len(data)) + idat + struct.pack(">I", zlib.crc32(idat)))
+    return path
+
+
+def test_declared_sizes_are_checked_before_anything_is_allocated(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    hostile = _png_declaring(tmp_path / "huge.png", 30000, 30000)
+    truncated = _png_declaring(tmp_path / "short.png", 1200, 900)
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))  # 1.5 GiB: a 30000^2 RGB is 2.5
+        from pathlib import Path
+        from focal_al.datasets import _read_image
+        for name in ("{hostile}", "{truncated}"):
+            try:
+                _read_image(Path(name))
+            except ValueError as err:
+                print("refused:", err)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "huge.png' declares" in out.stdout and "FOCAL_AL_MAX_IMAGE_PIXELS" in out.stdout
+    assert "short.png' cannot be read: it is truncated" in out.stdout
+
+
+def test_init_refuses_unreadable_and_oversized_images(images, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.png").write_bytes(b"not an image at all")
+    refused(init_args(images, tmp_path / "p1")[:3] + ["--images", bad, "--patch-size", "16", "--depth", "2"],
+            "notes.png", "cannot be read")
+    big = tmp_path / "big"
+    big.mkdir()
+    _png_declaring(big / "scan.png", 30000, 30000)
+    refused(["project", "init", tmp_path / "p2", "--images", big, "--patch-size", "16", "--depth", "2"],
+            "scan.png", "declares")
+    assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+
+
+def _pyramid(path, array):
+    import tifffile
+
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(array, subifds=1, tile=(64, 64), photometric="rgb" if array.ndim == 3 else "minisblack")
+        tif.write(array[::4, ::4], subfiletype=1, tile=(64, 64), photometric="rgb" if array.ndim == 3 else "minisblack")
+
+
+@pytest.mark.parametrize("kind", ["uint16", "float32", "grey"])
+def test_slides_that_are_not_8_bit_rgb_are_scaled_not_wrapped(tmp_path, kind):
+    from focal_al.slides import load_slides
+
+    rng = np.random.default_rng(0)
+    tissue = np.zeros((512, 512), dtype=bool)
+    tissue[128:384, 128:384] = True
+    rgb = np.where(tissue[..., None], [150, 60, 160], [240, 240, 240]).astype(np.float64)
+    rgb += rng.normal(0, 3, rgb.shape)
+    if kind == "uint16":
+        array = np.clip(rgb * 257, 0, 65535).astype(np.uint16)
+    elif kind == "float32":
+        array = np.clip(rgb / 255, 0, 1).astype(np.float32)
+    else:
+        array = np.clip(rgb.mean(axis=2), 0, 255).astype(np.uint8)
+    _pyramid(tmp_path / "s.tif", array)
+    store = load_slides([tmp_path / "s.tif"], tmp_path / "s.h5", patch_size=64, level=0)
+    assert len(store) > 0  # tissue found (a grey slide by darkness)
+    patches = np.asarray(store.patches)
+    centre = patches[:, :, 16:48, 16:48].reshape(len(store), 3, -1).mean(axis=2)
+    expected = np.array([150, 60, 160]) if kind != "grey" else np.full(3, (150 + 60 + 160) / 3)
+    assert np.abs(centre.mean(axis=0) - expected).max() < 8  # the slide's colours, not wrapped or black
