@@ -55,6 +55,7 @@ from focal_al.annotations import (
     region_feature,
     regions_csv,
 )
+from focal_al.files import readable, remove_stale_temporaries
 
 __all__ = ["AnnotationProject", "ImportReport", "ProjectError", "ImageChangedError"]
 
@@ -271,6 +272,32 @@ def _match_masks(folder, names, mask_suffix: str, what: str) -> tuple:
     return found, unknown
 
 
+def _reading(method):
+    """Run a command that only reads, under a shared lock, on the state as it is now: a committing
+    command beside it would otherwise delete the label files it is reading."""
+
+    @functools.wraps(method)
+    def shared(self, *args, **kwargs):
+        with open(self.path / ".lock", "a") as lock:
+            try:
+                import fcntl
+            except ImportError:
+                fcntl = None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ProjectError(
+                        f"Another focal-al command is working on project '{self.path}'; run this one when it ends."
+                    ) from None
+            state = _read_json(self.path / "state.json")
+            _check_schema(self.path / "state.json", state, _STATE_SCHEMA)
+            self.state = state
+            return method(self, *args, **kwargs)
+
+    return shared
+
+
 def _exclusive(method):
     """Run a command that commits with the project locked, on the state it was opened with.
 
@@ -469,7 +496,8 @@ class AnnotationProject:
         initial = _match_masks(masks, pool_names, mask_suffix, "masks")[0] if masks else {}
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        remove_stale_temporaries(path)
+        tmp = readable(Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)), directory=True)
         try:
             (tmp / "labels").mkdir()
             (tmp / "validation").mkdir()
@@ -887,7 +915,7 @@ class AnnotationProject:
     def _export_round(self, round_, regions, *, crops, context) -> Path:
         final = self.path / "rounds" / f"round-{round_:03d}"
         final.parent.mkdir(exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        tmp = readable(Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)), directory=True)
         try:
             (tmp / "regions.csv").write_text(regions_csv(regions), encoding="utf-8")
             for sub in ("geojson", "napari", "overview") + (("crops",) if crops else ()):
@@ -1176,6 +1204,7 @@ class AnnotationProject:
 
     # ------------------------------------------------------------------------------- reporting
 
+    @_reading
     def status(self) -> dict:
         """Where the project stands: rounds, regions, annotation cost, Dice on validation images.
 

@@ -86,9 +86,12 @@ def _check_destination(path, overwrite):
 
 
 def _temp_name(path):
+    from focal_al.files import readable, remove_stale_temporaries
+
+    remove_stale_temporaries(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    return name
+    return readable(name)
 
 
 @contextlib.contextmanager

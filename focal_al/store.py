@@ -134,9 +134,13 @@ def _check_destination(path, overwrite):
 def _atomic_h5(path, overwrite, caller):
     """Yield an HDF5 file open for writing at a temporary name next to ``path``; on success flush,
     fsync and move it to ``path`` with ``os.replace``; on any error remove it."""
+    from focal_al.files import readable, remove_stale_temporaries
+
     _check_destination(path, overwrite)
+    remove_stale_temporaries(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    readable(tmp_name)
     try:
         with h5py.File(tmp_name, "w") as f:
             f.attrs["format"] = FORMAT
@@ -158,9 +162,11 @@ def _atomic_h5(path, overwrite, caller):
 
 
 def _staging_file(path):
+    from focal_al.files import readable
+
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".staging.tmp", dir=path.parent)
     os.close(fd)
-    return name
+    return readable(name)
 
 
 class PatchStore:

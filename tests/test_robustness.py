@@ -230,3 +230,57 @@ def test_slides_that_are_not_8_bit_rgb_are_scaled_not_wrapped(tmp_path, kind):
     centre = patches[:, :, 16:48, 16:48].reshape(len(store), 3, -1).mean(axis=2)
     expected = np.array([150, 60, 160]) if kind != "grey" else np.full(3, (150 + 60 + 160) / 3)
     assert np.abs(centre.mean(axis=0) - expected).max() < 8  # the slide's colours, not wrapped or black
+
+
+# ----------------------------------------------------------------------------------- files others read
+
+def test_written_files_follow_the_umask(images, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "shared"
+        result = CliRunner().invoke(main, [str(a) for a in init_args(images, out)])
+        assert result.exit_code == 0, result.output
+        assert CliRunner().invoke(main, ["project", "query", str(out), "--n", "2"]).exit_code == 0
+    finally:
+        os.umask(old)
+    for path in [out, *out.rglob("*")]:
+        if path.name == ".lock":
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o044 == 0o044, (path, oct(mode))  # group and others can read
+
+
+def test_what_a_killed_run_left_is_cleared_by_the_next(images, tmp_path):
+    import os
+    import time
+
+    from focal_al.store import PatchStore
+
+    old = time.time() - 3600
+    litter = [tmp_path / ".pool.h5.abc123.tmp", tmp_path / ".pool.h5.def456.staging.tmp"]
+    for path in litter:
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (old, old))
+    fresh_one = tmp_path / ".pool.h5.ghi789.tmp"  # another run may be writing this one now: kept
+    fresh_one.write_bytes(b"y")
+    folder, data = images
+    PatchStore.from_dataset(tmp_path / "pool.h5", data, patch_size=16, overlap=0.5, allow_padding=True)
+    assert not any(p.exists() for p in litter) and fresh_one.exists()
+    stale_project = tmp_path / ".proj.zz.tmp"
+    stale_project.mkdir()
+    os.utime(stale_project, (old, old))
+    assert CliRunner().invoke(main, [str(a) for a in init_args(images, tmp_path / "proj")]).exit_code == 0
+    assert not stale_project.exists()
+
+
+def test_status_waits_for_no_half_committed_state(made, tmp_path):
+    import fcntl
+
+    proj = fresh(made, tmp_path)
+    with open(proj / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as an import committing now
+        refused(["project", "status", proj], "Another focal-al command")
+    assert CliRunner().invoke(main, ["project", "status", str(proj)]).exit_code == 0

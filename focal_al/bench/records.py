@@ -18,6 +18,8 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Iterable
 
+from focal_al.files import readable
+
 import numpy as np
 
 #: Keys every round record must have; the order is the column order of ``records.csv``.
@@ -71,6 +73,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         # The temporary file is ours alone; leaving it would litter the run folder on every crash.
