@@ -159,7 +159,7 @@ def bench(preset, resume, accept_replay_drift, grid, full_supervision, quiet, ou
             click.echo(run_bench(config, resume=resume, quiet=quiet, with_full_supervision=full_supervision, jobs=jobs,
                                  accept_drift=accept_replay_drift))
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(_in_cli_words(str(err))) from err
 
 
 @main.command()
@@ -183,7 +183,7 @@ def report(out_dir, complete_only, query_figures, data_dir, also_against):
         click.echo(rewrite_report(out_dir, complete_only=complete_only, query_figures=query_figures, data_dir=data_dir,
                                   also_against=also_against))
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(_in_cli_words(str(err))) from err
 
 
 @main.group()
@@ -191,16 +191,28 @@ def project():
     """Annotate your own images: rounds of regions to label in QuPath or napari, import, train, predict."""
 
 
+#: The library's words for what a user types on the command line.
+_CLI_WORDS = (("pass overwrite=True", "pass --overwrite"), ("overwrite=True", "--overwrite"),
+              ("or pass client=None", "or leave out --scheduler"), ("pass level=", "pass --level"),
+              ("level=", "--level "), ("mpp=", "--mpp "), ("n_instances", "--n"))
+
+
+def _in_cli_words(message: str) -> str:
+    for api, cli in _CLI_WORDS:
+        message = message.replace(api, cli)
+    return message
+
+
 def _user_errors(func):
-    """Report bad input and a refused request as a one-line error instead of a traceback."""
+    """Report bad input and a refused request as a one-line error in the CLI's words, never a traceback."""
     import functools
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
-            raise click.ClickException(str(err)) from err
+        except (ValueError, FileExistsError, FileNotFoundError, KeyError, OSError) as err:
+            raise click.ClickException(_in_cli_words(str(err).strip("'\""))) from err
     return wrapper
 
 
@@ -294,6 +306,19 @@ def project_import(directory, masks, mask_suffix, geojson, image, more_geojson):
         click.echo(f"not used: {line}")
 
 
+@project.command("relocate")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--images", multiple=True, required=True, type=click.Path(exists=True),
+              help="Where the project's images are now: files or folders (repeatable); matched by name, checked by checksum.")
+@_user_errors
+def project_relocate(directory, images):
+    """Re-point a project at its images after they moved (checksums must match)."""
+    from focal_al.project import AnnotationProject
+
+    p = AnnotationProject.relocate(directory, list(images))
+    click.echo(f"{p.path}: {len(p.config['images'])} images found and checked; the project reads them there now.")
+
+
 @project.command("reopen")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.argument("regions", nargs=-1, required=True)
@@ -382,7 +407,7 @@ def slides(slides, store_path, patch_size, overlap, level, mpp, min_tissue, tiss
         store = load_slides(slides, store_path, patch_size=patch_size, overlap=overlap, level=level, mpp=mpp,
                             min_tissue=min_tissue, tissue_channel=tissue_channel, overwrite=overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(_in_cli_words(str(err))) from err
     click.echo(f"{store.path}: {len(store)} patches of {store.patch_size} px from {store.n_images} slides")
 
 
@@ -405,7 +430,12 @@ def score(store, weights, scores_path, scheduler, workers, width, depth, batch_s
           seed, overwrite):
     """Score a PatchStore with safetensors weights on Dask workers; optionally query patches (CSV to stdout)."""
     import csv
+    import logging
     import sys
+
+    # Dask logs connection errors of its own shutdown as tracebacks; a failed task raises here anyway.
+    for name in ("distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     from focal_al.distributed import load_safetensors_weights, score_pool_distributed
     from focal_al.estimator import SegmentationNet
@@ -440,4 +470,4 @@ def score(store, weights, scores_path, scheduler, workers, width, depth, batch_s
                 side = round(pool.patch_size * float(pool.image_downsamples[image]))
                 writer.writerow([int(i), pool.image_names[image], int(y), int(x), side])
     except (ValueError, FileExistsError, FileNotFoundError, ConnectionError) as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(_in_cli_words(str(err))) from err

@@ -269,6 +269,12 @@ def _match_masks(folder, names, mask_suffix: str, what: str) -> tuple:
             f"No file in the {what} folder '{folder}' matches a project image: found {unknown[:5]}, "
             f"expected '<image name>{mask_suffix}.png' for images such as {list(names)[:3]}."
         )
+    lossy = [p.name for p in found.values() if p.suffix.lower() in (".jpg", ".jpeg")]
+    if lossy:
+        raise AnnotationError(
+            f"The {what} folder '{folder}' holds JPEG masks {lossy[:5]}: JPEG compression invents label values along "
+            f"every edge. Export the masks as PNG (or TIFF, BMP)."
+        )
     return found, unknown
 
 
@@ -490,6 +496,11 @@ class AnnotationProject:
         validation = {}
         if validation_masks:
             validation = _match_masks(validation_masks, names, mask_suffix, "validation masks")[0]
+        if masks and validation:
+            both = sorted(set(_match_masks(masks, names, mask_suffix, "masks")[0]) & set(validation))
+            if both:
+                raise ProjectError(f"Image(s) {both[:5]} have a mask in both --masks and --validation-masks; an image "
+                                   "is either labelled in the pool or held out to validate, not both.")
         pool_names = [n for n in names if n not in validation]
         if not pool_names:
             raise ProjectError("Every image has a validation mask; keep at least one image in the pool to annotate.")
@@ -543,6 +554,52 @@ class AnnotationProject:
             raise
         return cls(path)
 
+    @classmethod
+    def relocate(cls, path, images) -> "AnnotationProject":
+        """Re-point a project at its images after they moved: found by name in ``images``, checked by checksum.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The project folder.
+        images : sequence of str or path-like
+            Image files, or folders holding them (as at init).
+
+        Returns
+        -------
+        AnnotationProject
+        """
+        path = Path(path)
+        config_file = path / "project.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"'{path}' is not a focal-al project: '{config_file}' is missing.")
+        config = _read_json(config_file)
+        _check_schema(config_file, config, _CONFIG_SCHEMA)
+        files = _list_images(images if isinstance(images, (list, tuple)) else [images], config["mask_suffix"])
+        missing = [e["name"] for e in config["images"] if e["name"] not in files]
+        if missing:
+            raise ProjectError(f"The images {missing[:5]}{' ...' if len(missing) > 5 else ''} of project '{path}' are not "
+                               f"in {[str(i) for i in (images if isinstance(images, (list, tuple)) else [images])]}; "
+                               "nothing was changed.")
+        changed = [f"{files[e['name']]}" for e in config["images"] if _sha256(files[e["name"]]) != e["sha256"]]
+        if changed:
+            raise ImageChangedError(f"{changed[:5]} differ from the images project '{path}' was made from (another "
+                                    "checksum); nothing was changed. Point it at the original files.")
+        for entry in config["images"]:
+            entry["path"] = str(files[entry["name"]].resolve())
+        with open(path / ".lock", "a") as lock:
+            try:
+                import fcntl
+
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except ImportError:
+                pass
+            except BlockingIOError:
+                raise ProjectError(f"Another focal-al command is working on project '{path}'; run this one when it "
+                                   "ends.") from None
+            _write_json(config_file, config)
+        return cls(path)
+
     # ------------------------------------------------------------------------------- reading
 
     def _check_images(self) -> None:
@@ -551,7 +608,7 @@ class AnnotationProject:
             if not file.is_file():
                 raise FileNotFoundError(
                     f"Image '{file}' of project '{self.path}' is missing (image {entry['name']!r}); the project "
-                    f"reads the images where they were at init."
+                    f"reads the images where they were at init: if they moved, `focal-al project relocate {self.path} --images NEW_FOLDER`."
                 )
             digest = _sha256(file)
             if digest != entry["sha256"]:
@@ -885,6 +942,9 @@ class AnnotationProject:
                 f"({', '.join(g.name for g in still_open[:5])}{' ...' if len(still_open) > 5 else ''}); import "
                 f"their annotations (`focal-al project import`) before asking for more."
             )
+        if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < 0:
+            raise ValueError(f"The context around each crop (--context) must be an int >= 0 pixels. Got {context!r} "
+                             "instead.")
         n_unlabelled = len(self.store) - int(self.labelled().size)
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= n_unlabelled:
             raise ValueError(f"The number of regions to ask (--n) must be an int in [1, {n_unlabelled}] (the pool's "

@@ -1,5 +1,6 @@
 """Robustness: hostile or careless inputs get a clear refusal, and what the tools write stays consistent."""
 import numpy as np
+from pathlib import Path
 import pytest
 
 from focal_al.selection import kmeans
@@ -284,3 +285,52 @@ def test_status_waits_for_no_half_committed_state(made, tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as an import committing now
         refused(["project", "status", proj], "Another focal-al command")
     assert CliRunner().invoke(main, ["project", "status", str(proj)]).exit_code == 0
+
+
+# ----------------------------------------------------------------------------------- silent acceptances
+
+def test_jpeg_masks_and_masks_in_both_roles_are_refused(images, tmp_path):
+    folder, data = images
+    jpeg = tmp_path / "jpeg"
+    jpeg.mkdir()
+    Image.fromarray((data.masks[0] > 0).astype(np.uint8) * 255).save(jpeg / f"{data.names[0]}.jpg")
+    refused(init_args(images, tmp_path / "a", "--masks", jpeg), "JPEG masks", f"{data.names[0]}.jpg")
+    refused(init_args(images, tmp_path / "b", "--masks", folder / "masks", "--validation-masks", folder / "masks"),
+            "both --masks and --validation-masks")
+
+
+def test_a_moved_image_folder_is_repointed_by_checksum(images, made, tmp_path):
+    folder, data = images
+    proj = fresh(made, tmp_path)
+    moved = tmp_path / "moved"
+    shutil.copytree(folder / "img", moved)
+    config = json.loads((proj / "project.json").read_text())
+    for entry in config["images"]:
+        entry["path"] = str(tmp_path / "gone" / Path(entry["path"]).name)
+    (proj / "project.json").write_text(json.dumps(config))
+    refused(["project", "status", proj], "relocate")
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in data.names:
+        Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(other / f"{name}.png")
+    refused(["project", "relocate", proj, "--images", other], "checksum")
+    result = CliRunner().invoke(main, ["project", "relocate", str(proj), "--images", str(moved)])
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(main, ["project", "status", str(proj)]).exit_code == 0
+
+
+def test_messages_use_the_command_lines_words(made, tmp_path):
+    proj = fresh(made, tmp_path)
+    refused(["project", "query", proj, "--n", "2", "--context", "-50"], "--context", ">= 0")
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(np.random.default_rng(0).bytes(4096))
+    store = tmp_path / "s.h5"
+    store.write_bytes(b"")
+    result = refused(["score", proj / "pool.h5", weights, "--out", tmp_path / "out.h5", "--width", "2", "--depth", "2"],
+                     "w.safetensors")
+    assert "weights_only=False" not in result.output
+    out = tmp_path / "twice.h5"
+    out.write_bytes(b"x")
+    refused(["slides", proj / "pool.h5", "--out", out, "--patch-size", "16"], "--overwrite")
+    (tmp_path / "empty").mkdir()
+    refused(["report", tmp_path / "empty"], "holds no runs")

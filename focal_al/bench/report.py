@@ -864,6 +864,9 @@ def write_report(
     notes = ["In progress, left out of this report: " + ", ".join(
         f"{left_out_labels[s]} seed {seed} (at {100 * cost:.1f} %)" for (s, seed), cost in sorted(left_out.items()))] \
         if left_out else []
+    empty = sorted(p.parent.name for p in (out_dir / "runs").glob("*/rounds.json") if p.read_text().strip() == "[]")
+    if empty:
+        notes.append("Runs with no round recorded yet (an empty rounds.json), left out: " + ", ".join(empty) + ".")
     full_supervision = _read_optional_json(out_dir / "full_supervision.json")
     write_records(out_dir, records)
     # Only the budgets some run reached: a column no run can fill says nothing.

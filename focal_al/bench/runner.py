@@ -1045,16 +1045,19 @@ def rewrite_report(out_dir: str | Path, *, complete_only: bool = False, query_fi
     names them (GlaS from ``data_dir`` when given). ``complete_only``, ``also_against``: see
     :func:`focal_al.bench.report.write_report`.
     """
-    from focal_al.bench.report import write_report
+    from focal_al.bench.report import _read_optional_json, write_report
 
     images = masks = None
+    if not any(Path(out_dir).glob("runs/*/rounds.json")):
+        raise ValueError(f"{out_dir} holds no runs (no runs/*/rounds.json): nothing to report. Run `focal-al bench "
+                         f"--out-dir {out_dir}` first.")
     if query_figures:
         path = Path(out_dir) / "config.json"
         if not path.exists():
             raise ValueError(f"{path} does not exist: Fig. 6 needs the configuration to read the training "
                              "images. Pass --no-query-figures to report without it.")
         known = {f.name for f in dataclasses.fields(BenchConfig)}  # config.json adds jobs and versions
-        config = BenchConfig.from_dict({k: v for k, v in json.loads(path.read_text()).items() if k in known})
+        config = BenchConfig.from_dict({k: v for k, v in _read_optional_json(path).items() if k in known})
         train, _ = load_data(config.replace(data_dir=data_dir))
         images, masks = dict(zip(train.names, train.images)), dict(zip(train.names, train.masks))
     return write_report(out_dir, query_images=images, query_masks=masks, complete_only=complete_only,
