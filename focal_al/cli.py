@@ -194,7 +194,8 @@ def project():
 #: The library's words for what a user types on the command line.
 _CLI_WORDS = (("pass overwrite=True", "pass --overwrite"), ("overwrite=True", "--overwrite"),
               ("or pass client=None", "or leave out --scheduler"), ("pass level=", "pass --level"),
-              ("level=", "--level "), ("mpp=", "--mpp "), ("n_instances", "--n"))
+              ("or pass image=", "or pass --image"), ("level=", "--level "), ("mpp=", "--mpp "),
+              ("n_instances", "--n"))
 
 
 def _in_cli_words(message: str) -> str:

@@ -237,7 +237,7 @@ def _tissue_fractions(mask, scale, coords0, side0):
     return inside / ((y1 - y0) * (x1 - x0))
 
 
-def _slide_chunks(slide, level, coords, patch_size, block):
+def _slide_chunks(slide, level, coords, patch_size, block, path="slide"):
     """Yield (coords, patches, labels) for the patches at ``coords`` (level pixels), one block at a time.
 
     Patches are grouped by the ``block`` x ``block`` cell their corner falls in; one region (the
@@ -261,7 +261,7 @@ def _slide_chunks(slide, level, coords, patch_size, block):
                 as_array=True,
             )
         except Exception as exc:  # the codecs raise their own types (DeflateError, ...) on damaged tiles
-            raise ValueError(f"Slide '{getattr(slide, '_filename', '') or 'file'}' cannot be read at level {level} "
+            raise ValueError(f"Slide '{path}' cannot be read at level {level} "
                              f"around x={x0}, y={y0}: it is truncated or damaged ({type(exc).__name__}: {exc}).") from exc
         region = _rgb(np.asarray(region))
         # Channels first once per block, so each patch is a strided copy.
@@ -286,9 +286,14 @@ def _slide_patches(path, *, patch_size, overlap, level, mpp, mpp_tolerance, min_
                 f"tissue overview (its smallest level has {smallest:,} pixels); make a pyramidal TIFF of it "
                 "(see the README) or raise FOCAL_AL_MAX_IMAGE_PIXELS."
             )
-        if tissue_channel == "auto":
-            tissue_channel = "grey" if _is_grey(slide) else "saturation"
-        mask, scale = tissue_mask(slide, thumbnail_size=thumbnail_size, channel=tissue_channel, block_size=block_size)
+        try:
+            if tissue_channel == "auto":
+                tissue_channel = "grey" if _is_grey(slide) else "saturation"
+            mask, scale = tissue_mask(slide, thumbnail_size=thumbnail_size, channel=tissue_channel,
+                                      block_size=block_size)
+        except Exception as exc:  # the reader and codecs raise many types on a damaged file
+            raise ValueError(f"Slide '{path}' cannot be read: it is truncated or damaged, or its pixels are not "
+                             f"usable ({type(exc).__name__}: {exc}).") from exc
         # Clip rule only: a slide's border is background, so no patch is mirror-padded there. The grid
         # is made and filtered a band of rows at a time: memory follows the tissue kept, not the slide.
         ys = np.arange(0, height - patch_size + 1, stride, dtype=np.int64)
@@ -310,7 +315,7 @@ def _slide_patches(path, *, patch_size, overlap, level, mpp, mpp_tolerance, min_
         yield ImagePatches(
             name=Path(path).name,
             shape=(height, width),
-            chunks=_slide_chunks(slide, chosen, coords, patch_size, block_size),
+            chunks=_slide_chunks(slide, chosen, coords, patch_size, block_size, path),
             downsample=downsample,
         )
 

@@ -334,3 +334,133 @@ def test_messages_use_the_command_lines_words(made, tmp_path):
     refused(["slides", proj / "pool.h5", "--out", out, "--patch-size", "16"], "--overwrite")
     (tmp_path / "empty").mkdir()
     refused(["report", tmp_path / "empty"], "holds no runs")
+
+
+# ----------------------------------------------------------------------------------- one battery, one case an item
+
+def _open_region_geojson(proj, tmp_path, mutate):
+    """A QuPath-style export answering the project's first open region, changed by ``mutate``."""
+    from focal_al.annotations import region_feature
+    from focal_al.project import AnnotationProject
+
+    region = AnnotationProject(proj).open_regions()[0]
+    x0, y0 = region.box[:2]
+    gland = {"type": "Feature", "properties": {"classification": {"name": "Gland"}},
+             "geometry": {"type": "Polygon", "coordinates": [[[x0 + 1, y0 + 1], [x0 + 4, y0 + 1], [x0 + 4, y0 + 4],
+                                                              [x0 + 1, y0 + 1]]]}}
+    features = [region_feature(region), gland]
+    mutate(features)
+    path = tmp_path / f"{region.image}.geojson"
+    path.write_text(json.dumps(features))
+    return path
+
+
+def _nested(depth):
+    return "[" * depth + "]" * depth
+
+
+def _with_open_round(made, tmp_path):
+    proj = fresh(made, tmp_path)
+    assert CliRunner().invoke(main, ["project", "query", str(proj), "--n", "2"]).exit_code == 0
+    return proj
+
+
+def _truncated_slide(tmp_path):
+    array = np.full((512, 512, 3), 200, np.uint8)
+    array[100:400, 100:400] = (150, 60, 160)
+    _pyramid(tmp_path / "s.tif", array)
+    data = (tmp_path / "s.tif").read_bytes()
+    (tmp_path / "s.tif").write_bytes(data[: len(data) // 3])
+    return tmp_path / "s.tif"
+
+
+BATTERY = {
+    "1 declared size": lambda made, images, t: (
+        ["project", "init", t / "p", "--images", _png_declaring(t / "huge.png", 30000, 30000), "--patch-size", "16",
+         "--depth", "2"], ["huge.png", "declares"]),
+    "2 float slide outside [0, 1]": lambda made, images, t: (
+        ["slides", _float_slide(t), "--out", t / "s.h5", "--patch-size", "32", "--level", "0"], ["floats outside"]),
+    "3 NaN vertex": lambda made, images, t: (
+        lambda proj: ["project", "import", proj, "--geojson", _open_region_geojson(
+            proj, t, lambda f: f[1]["geometry"]["coordinates"][0][1].__setitem__(0, float("nan")))],
+        ["not a finite number"]),
+    "3 deep nesting": lambda made, images, t: (
+        lambda proj: ["project", "import", proj, "--geojson", _write(t / "synthetic_0.geojson", _nested(100000))],
+        ["nests its arrays too deeply"]),
+    "4 non-image file": lambda made, images, t: (
+        ["project", "init", t / "p", "--images", _write(t / "scan.png", "not an image"), "--patch-size", "16",
+         "--depth", "2"], ["scan.png", "cannot be read"]),
+    "4 truncated slide": lambda made, images, t: (
+        ["slides", _truncated_slide(t), "--out", t / "s.h5", "--patch-size", "32", "--level", "0"], ["s.tif"]),
+    "5 truncated state": lambda made, images, t: (
+        lambda proj: (_write(proj / "state.json", "{\"format\""), ["project", "status", proj])[1], ["state.json"]),
+    "6 clusters for iu": lambda made, images, t: (
+        init_args(images, t / "p", "--strategy", "iu", "--clusters", "3"), ["--clusters=3"]),
+    "7 diverged": lambda made, images, t: (
+        lambda proj: (_edit_json(proj / "project.json", lambda d: d["network"].update(lr=1e30)),
+                      ["project", "train", proj, "--steps", "5"])[1], ["diverged"]),
+    "9 status beside a commit": lambda made, images, t: (
+        lambda proj: ["project", "status", proj], ["Another focal-al command"]),
+    "10 context": lambda made, images, t: (
+        lambda proj: ["project", "query", proj, "--n", "1", "--context", "-50"], ["--context"]),
+    "11 JPEG masks": lambda made, images, t: (
+        init_args(images, t / "p", "--masks", _jpeg_masks(images, t)), ["JPEG masks"]),
+    "old battery: import with neither": lambda made, images, t: (
+        lambda proj: ["project", "import", proj], ["--masks or --geojson"]),
+}
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def _float_slide(tmp_path):
+    array = np.full((256, 256, 3), 2.0, np.float32)
+    _pyramid(tmp_path / "f.tif", array)
+    return tmp_path / "f.tif"
+
+
+def _jpeg_masks(images, tmp_path):
+    _, data = images
+    (tmp_path / "jm").mkdir(exist_ok=True)
+    Image.fromarray((data.masks[0] > 0).astype(np.uint8) * 255).save(tmp_path / "jm" / f"{data.names[0]}.jpg")
+    return tmp_path / "jm"
+
+
+@pytest.mark.parametrize("case", list(BATTERY))
+def test_cli_battery(case, made, images, tmp_path):
+    import fcntl
+
+    args, words = BATTERY[case](made, images, tmp_path)
+    if callable(args):
+        proj = _with_open_round(made, tmp_path) if case.startswith("3") else fresh(made, tmp_path)
+        args = args(proj)
+        if case.startswith("9"):
+            with open(proj / ".lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                refused(args, *words)
+            return
+    refused(args, *words)
+
+
+def test_a_classification_given_as_a_string_is_read_as_its_name(made, tmp_path):
+    proj = _with_open_round(made, tmp_path)
+    path = _open_region_geojson(proj, tmp_path, lambda f: f[0]["properties"].update(classification="Region"))
+    result = CliRunner().invoke(main, ["project", "import", str(proj), "--geojson", str(path)])
+    assert result.exit_code == 0 and "1 region(s) answered" in result.output, result.output
+
+
+def test_a_run_without_rounds_is_named_in_the_report(tmp_path):
+    from focal_al.bench.report import write_report
+    from focal_al.bench.runner import run_bench
+    from focal_al.bench.config import preset_config
+
+    config = preset_config("quick", n_images=8, image_size=48, patch_size=16, depth=2, width=2, train_steps=1,
+                           initial_train_steps=1, batch_size=4, step=0.1, budget=0.2, clusters=2, seeds=(0,),
+                           max_train_steps=2, strategies=("random-patch",), out_dir=str(tmp_path))
+    run_bench(config, quiet=True, with_full_supervision=False)
+    (tmp_path / "runs" / "4-iu-seed0").mkdir()
+    (tmp_path / "runs" / "4-iu-seed0" / "rounds.json").write_text("[]")
+    report = write_report(tmp_path).read_text()
+    assert "4-iu-seed0" in report and "no round recorded" in report
