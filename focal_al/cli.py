@@ -239,6 +239,12 @@ _threads_option = click.option("--threads", type=int,
 @click.option("--patch-size", default=64, show_default=True, help="Region side at the network's scale (pixels).")
 @click.option("--overlap", default=0.5, show_default=True, help="Overlap of neighbouring patches in [0, 1).")
 @click.option("--scale", default=1.0, show_default=True, help="Resolution the network works at (0.5 = half).")
+@click.option("--mpp", type=float,
+              help="Whole-slide images (SVS, pyramidal TIFF): the resolution to work at, in micrometres per pixel "
+                   "(the nearest pyramid level). Exports and imports stay in level-0 pixels.")
+@click.option("--level", type=int, help="Whole-slide images: the pyramid level to work at (0 = full resolution).")
+@click.option("--min-tissue", type=float, default=0.5, show_default=True,
+              help="Whole-slide images: the smallest tissue share of a patch in the pool.")
 @click.option("--strategy", default="focannot", show_default=True, help="A registered patch-level strategy.")
 @click.option("--clusters", type=int, help="Number of clusters k of focannot / cluster-equal.")
 @click.option("--width", default=16, show_default=True, help="Network width w.")

@@ -62,7 +62,7 @@ __all__ = ["AnnotationProject", "ImportReport", "ProjectError", "ImageChangedErr
 FORMAT = "focal_al.project"
 FORMAT_VERSION = 1
 IGNORE = 255
-_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".svs", ".ndpi", ".scn")
 # A GeoJSON coordinate may sit on the image border (x == W); allow QuPath's float rounding beyond
 # it, no more: a larger excess means another coordinate frame.
 _FRAME_TOLERANCE = 1.0
@@ -102,12 +102,42 @@ class ImportReport:
     not_asked: list = field(default_factory=list)
 
 
+#: Files larger than this (whole-slide images) are fingerprinted by their size, first and last
+#: ``_FINGERPRINT_BYTES``: hashing a lab's gigabytes of slides at every command would take minutes.
+_FULL_HASH_LIMIT = 64 << 20
+_FINGERPRINT_BYTES = 16 << 20
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
+    size = Path(path).stat().st_size
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        if size <= _FULL_HASH_LIMIT:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(f"size {size}".encode())
+            digest.update(fh.read(_FINGERPRINT_BYTES))
+            fh.seek(size - _FINGERPRINT_BYTES)
+            digest.update(fh.read(_FINGERPRINT_BYTES))
     return digest.hexdigest()
+
+
+def _is_slide(path: Path) -> bool:
+    """A whole-slide image: an SVS file, or a TIFF with a pyramid (more than one level)."""
+    suffix = path.suffix.lower()
+    if suffix in (".svs", ".ndpi", ".scn"):
+        return True
+    if suffix not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0] if tif.series else None
+            return bool(series is not None and (len(series.levels) > 1 or tif.pages[0].subifds))
+    except Exception:  # unreadable: the image reader names the problem
+        return False
 
 
 def _seed(*parts) -> int:
@@ -418,6 +448,9 @@ class AnnotationProject:
         batch_size=16,
         train_steps=300,
         seed=0,
+        level=None,
+        mpp=None,
+        min_tissue=0.5,
     ):
         """Create a project: partition the images into a patch pool and take complete masks as labels.
 
@@ -455,6 +488,13 @@ class AnnotationProject:
             Gradient steps per training.
         seed : int, default=0
             Seeds the network, the training batches and the queries.
+        level, mpp : int or float, optional
+            For whole-slide images (SVS, pyramidal TIFF): the pyramid level the network works at,
+            or the resolution (micrometres per pixel) that picks it. The pool holds tissue patches
+            only, read block by block (:func:`focal_al.slides.load_slides`); labels are kept at
+            that level, and every export and import is in level-0 pixels (QuPath's frame).
+        min_tissue : float, default=0.5
+            Slides: the smallest tissue share of a patch in the pool.
 
         Returns
         -------
@@ -493,6 +533,28 @@ class AnnotationProject:
 
         files = _list_images(images if isinstance(images, (list, tuple)) else [images], mask_suffix)
         names = list(files)
+        slides = [n for n in names if _is_slide(files[n])]
+        if slides:
+            if len(slides) != len(names):
+                raise ProjectError(f"A project holds images or whole-slide images, not both: {slides[:3]} are slides, "
+                                   f"{[n for n in names if n not in slides][:3]} are not.")
+            if masks or validation_masks:
+                raise ProjectError("Whole-slide projects start unlabelled: --masks and --validation-masks are for "
+                                   "images; answer the slides' regions with `focal-al project import --geojson`.")
+            if scale != 1.0:
+                raise ProjectError(f"--scale is for images; a slide's resolution is chosen with --mpp or --level "
+                                   f"(got --scale {scale}).")
+            return cls._create_from_slides(path, files, patch_size=patch_size, overlap=overlap, level=level, mpp=mpp,
+                                           min_tissue=min_tissue, config_rest=dict(
+                                               strategy=strategy, strategy_params=dict(strategy_params or {}),
+                                               network={"module": "ed-convnet", "width": int(width),
+                                                        "depth": int(depth), "lr": float(lr),
+                                                        "batch_size": int(batch_size),
+                                                        "train_steps": int(train_steps)},
+                                               seed=int(seed), mask_suffix=mask_suffix))
+        if level is not None or mpp is not None:
+            raise ProjectError("--level and --mpp choose a whole-slide image's resolution; these images are not "
+                               "slides (use --scale).")
         validation = {}
         if validation_masks:
             validation = _match_masks(validation_masks, names, mask_suffix, "validation masks")[0]
@@ -545,6 +607,47 @@ class AnnotationProject:
             }
             state = {"format": f"{FORMAT}.state", "generation": 0, "labels": label_files,
                      "labels_generation": 0, "initial": initial_rows.tolist(), "rounds": [], "weights": None}
+            _write_json(tmp / "project.json", config)
+            _write_json(tmp / "state.json", state)
+            _fsync_tree(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(path)
+
+    @classmethod
+    def _create_from_slides(cls, path, files, *, patch_size, overlap, level, mpp, min_tissue, config_rest):
+        """The slide branch of :meth:`create`: the pool from :func:`focal_al.slides.load_slides`."""
+        from focal_al.datasets import max_image_pixels
+        from focal_al.slides import load_slides, open_slide
+
+        names = list(files)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        tmp = readable(Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)), directory=True)
+        try:
+            (tmp / "labels").mkdir()
+            (tmp / "validation").mkdir()
+            store = load_slides([files[n] for n in names], tmp / "pool.h5", patch_size=patch_size, overlap=overlap,
+                                level=level, mpp=mpp, min_tissue=min_tissue, names=names)
+            entries = []
+            for i, name in enumerate(names):
+                with open_slide(files[name]) as slide:
+                    width, height = slide.dimensions
+                frame = tuple(int(v) for v in store.image_shapes[i])
+                if frame[0] * frame[1] > max_image_pixels():
+                    raise ProjectError(
+                        f"Slide '{files[name]}' at the level chosen is {frame[1]} x {frame[0]} pixels, above the "
+                        f"{max_image_pixels():,} a project keeps labels for; choose a coarser level (--mpp, --level)."
+                    )
+                entries.append({"name": name, "path": str(files[name].resolve()), "sha256": _sha256(files[name]),
+                                "height": int(height), "width": int(width), "role": "pool", "kind": "slide",
+                                "downsample": float(store.image_downsamples[i]), "frame": list(frame)})
+            config = {"format": FORMAT, "format_version": FORMAT_VERSION, "images": entries,
+                      "patch_size": patch_size, "overlap": overlap, "scale": 1.0, **config_rest}
+            state = {"format": f"{FORMAT}.state", "generation": 0, "labels": {}, "labels_generation": 0,
+                     "initial": [], "rounds": [], "weights": None}
             _write_json(tmp / "project.json", config)
             _write_json(tmp / "state.json", state)
             _fsync_tree(tmp)
@@ -638,13 +741,55 @@ class AnnotationProject:
         return self._store
 
     def _full_shape(self, name) -> tuple:
+        """Shape of an image's label frame: the original pixels, or a slide's pyramid level."""
         entry = self._images[name]
+        if entry.get("kind") == "slide":
+            return tuple(entry["frame"])
         return entry["height"], entry["width"]
+
+    def _level0(self, name) -> float:
+        """Level-0 (QuPath) pixels per label-frame pixel: 1 for images, the level's downsample for slides."""
+        return float(self._images[name].get("downsample", 1.0))
+
+    def _is_slide_project(self) -> bool:
+        return any(e.get("kind") == "slide" for e in self.config["images"])
+
+    def _exported(self, region) -> "Region":
+        """A region with its box in level-0 pixels, as every exported file gives it."""
+        import dataclasses
+
+        d = self._level0(region.image)
+        if d == 1.0:
+            return region
+        return dataclasses.replace(region, box=tuple(int(round(v * d)) for v in region.box))
 
     def _read_full_image(self, name) -> np.ndarray:
         from focal_al.datasets import _read_image
 
         return _read_image(Path(self._images[name]["path"]))
+
+    def _read_frame_image(self, name) -> np.ndarray:
+        """An image in its label frame: the image itself, or a slide read at its level block by block."""
+        entry = self._images[name]
+        if entry.get("kind") != "slide":
+            return self._read_full_image(name)
+        return self._read_slide_window(name, 0, 0, *self._full_shape(name))
+
+    def _read_slide_window(self, name, y, x, h, w) -> np.ndarray:
+        """RGB uint8 of a slide's window in its label frame (level pixels), read block by block."""
+        from focal_al.slides import _rgb, open_slide
+
+        d = self._level0(name)
+        out = np.zeros((h, w, 3), dtype=np.uint8)
+        with open_slide(self._images[name]["path"]) as slide:
+            level = int(np.argmin([abs(float(v) - d) for v in slide.level_downsamples]))
+            for by in range(0, h, 2048):
+                for bx in range(0, w, 2048):
+                    bh, bw = min(2048, h - by), min(2048, w - bx)
+                    region = slide.read_region((int(round((x + bx) * d)), int(round((y + by) * d))), level, (bw, bh),
+                                               as_array=True)
+                    out[by:by + bh, bx:bx + bw] = _rgb(np.asarray(region))[:bh, :bw]
+        return out
 
     def labels(self, name) -> np.ndarray:
         """Full-resolution class labels of a pool image: 0, 1, or 255 where nothing is annotated.
@@ -977,17 +1122,19 @@ class AnnotationProject:
         final.parent.mkdir(exist_ok=True)
         tmp = readable(Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)), directory=True)
         try:
-            (tmp / "regions.csv").write_text(regions_csv(regions), encoding="utf-8")
+            # Every file a person opens is in level-0 pixels (a slide's full resolution, QuPath's frame).
+            (tmp / "regions.csv").write_text(regions_csv([self._exported(g) for g in regions]), encoding="utf-8")
             for sub in ("geojson", "napari", "overview") + (("crops",) if crops else ()):
                 (tmp / sub).mkdir()
             by_image = {}
             for g in regions:
                 by_image.setdefault(g.image, []).append(g)
             for name, own in by_image.items():
-                collection = feature_collection(region_feature(g) for g in own)
+                exported = [self._exported(g) for g in own]
+                collection = feature_collection(region_feature(g) for g in exported)
                 (tmp / "geojson" / f"{name}.geojson").write_text(json.dumps(collection, indent=1), encoding="utf-8")
-                (tmp / "napari" / f"{name}.csv").write_text(napari_shapes_csv(own), encoding="utf-8")
-                image = self._read_full_image(name)
+                (tmp / "napari" / f"{name}.csv").write_text(napari_shapes_csv(exported), encoding="utf-8")
+                image = self._read_frame_image(name)
                 (tmp / "overview" / f"{name}.png").write_bytes(draw_overview(image, own))
                 if crops:
                     for g in own:
@@ -1028,6 +1175,9 @@ class AnnotationProject:
         -------
         ImportReport
         """
+        if self._is_slide_project():
+            raise ProjectError("A whole-slide project imports QuPath GeoJSON (`--geojson`), in level-0 pixels: a "
+                               "full-resolution mask of a slide would not fit in memory.")
         suffix = self.config["mask_suffix"] if mask_suffix is None else mask_suffix
         files, unknown = _match_masks(folder, set(self._images), suffix, "masks")
         if not files:
@@ -1084,6 +1234,7 @@ class AnnotationProject:
             if not features:
                 raise AnnotationError(f"GeoJSON file '{file}' holds no features: it has no labels to import.")
             h, w = self._full_shape(name)
+            level0 = self._level0(name)
             marks, objects, skipped = [], [], 0
             for k, feature in enumerate(features):
                 geometry = feature.get("geometry")
@@ -1101,6 +1252,10 @@ class AnnotationProject:
                     raise AnnotationError(
                         f"GeoJSON file '{file}': feature {k} has an invalid geometry ({exc})."
                     ) from exc
+                if level0 != 1.0:  # level-0 (QuPath) pixels into the slide's label frame
+                    from shapely.affinity import scale as rescale
+
+                    shp = rescale(shp, 1.0 / level0, 1.0 / level0, origin=(0, 0))
                 x0, y0, x1, y1 = shp.bounds
                 tol = _FRAME_TOLERANCE
                 if x0 < -tol or y0 < -tol or x1 > w + tol or y1 > h + tol:
@@ -1318,6 +1473,20 @@ class AnnotationProject:
             "validation": validation,
         }
 
+    def _predict_slide_foreground(self, net, name, *, tile: int = 1024, halo: int = 64) -> np.ndarray:
+        """A slide's predicted foreground in its label frame, tile by tile (overlapping by ``halo``)."""
+        h, w = self._full_shape(name)
+        foreground = np.zeros((h, w), dtype=bool)
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                y0, x0 = max(0, y - halo), max(0, x - halo)
+                y1, x1 = min(h, y + tile + halo), min(w, x + tile + halo)
+                window = self._read_slide_window(name, y0, x0, y1 - y0, x1 - x0)
+                proba = net.predict_images([window])[0][1]
+                core = proba[y - y0:min(h, y + tile) - y0, x - x0:min(w, x + tile) - x0]
+                foreground[y:y + core.shape[0], x:x + core.shape[1]] = core > 0.5
+        return foreground
+
     def _predict_foreground(self, net, name) -> np.ndarray:
         from PIL import Image
 
@@ -1356,6 +1525,16 @@ class AnnotationProject:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
+        if self._is_slide_project():
+            for name in self.pool_names:
+                foreground = self._predict_slide_foreground(net, name)
+                features = mask_to_features(label_components(foreground).astype(np.uint16), classification=OBJECT_CLASS,
+                                            properties={"image": name})
+                features = _scaled_features(features, self._level0(name))
+                geojson_file = out / f"{name}.geojson"
+                _atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
+                written.append(geojson_file)
+            return written
         for name in self.pool_names + self.validation_names:
             instances = label_components(self._predict_foreground(net, name)).astype(np.uint16)
             mask_file, geojson_file = out / f"{name}_mask.png", out / f"{name}.geojson"
@@ -1364,6 +1543,16 @@ class AnnotationProject:
             _atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
             written += [mask_file, geojson_file]
         return written
+
+
+def _scaled_features(features, factor: float) -> list:
+    """GeoJSON features with every coordinate multiplied by ``factor`` (label frame to level 0)."""
+    if factor == 1.0:
+        return features
+    from shapely.affinity import scale
+    from shapely.geometry import mapping, shape
+
+    return [dict(f, geometry=mapping(scale(shape(f["geometry"]), factor, factor, origin=(0, 0)))) for f in features]
 
 
 def _finite_coordinates(coordinates, depth: int = 0) -> bool:

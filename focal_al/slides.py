@@ -273,7 +273,7 @@ def _slide_chunks(slide, level, coords, patch_size, block, path="slide"):
 
 
 def _slide_patches(path, *, patch_size, overlap, level, mpp, mpp_tolerance, min_tissue, thumbnail_size,
-                   tissue_channel, block_size):
+                   tissue_channel, block_size, name=None):
     with open_slide(path) as slide:
         chosen = choose_level(slide, level=level, mpp=mpp, mpp_tolerance=mpp_tolerance, name=f"slide '{path}'")
         width, height = slide.level_dimensions[chosen]
@@ -313,7 +313,7 @@ def _slide_patches(path, *, patch_size, overlap, level, mpp, mpp_tolerance, min_
                 stacklevel=3,
             )
         yield ImagePatches(
-            name=Path(path).name,
+            name=name or Path(path).name,
             shape=(height, width),
             chunks=_slide_chunks(slide, chosen, coords, patch_size, block_size, path),
             downsample=downsample,
@@ -333,6 +333,7 @@ def load_slides(
     thumbnail_size=1024,
     tissue_channel="auto",
     block_size=2048,
+    names=None,
     overwrite=False,
 ):
     """Cut the tissue of whole-slide images into patches and write them to a :class:`PatchStore`.
@@ -368,6 +369,8 @@ def load_slides(
     tissue_channel : {"auto", "saturation", "grey"}, default="auto"
         What Otsu's threshold is applied to (see :func:`tissue_mask`); ``"auto"``: ``"grey"`` for
         a one-channel slide (its saturation is 0 everywhere), else ``"saturation"``.
+    names : sequence of str, optional
+        The slides' names in the store (default: their file names).
     block_size : int, default=2048
         Patches are read in groups whose corners share a ``block_size`` square; one region of
         under ``block_size + patch_size`` pixels a side is read per group (this bounds memory).
@@ -393,7 +396,7 @@ def load_slides(
     if missing:
         raise FileNotFoundError(f"Slide files not found (load_slides 'paths'): {missing[:5]}" + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    names = [p.name for p in paths]
+    names = [p.name for p in paths] if names is None else [str(n) for n in names]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(
@@ -413,12 +416,15 @@ def load_slides(
     if level is not None and mpp is not None:
         raise ValueError(f"Pass either 'level' or 'mpp' to load_slides, not both. Got level={level!r}, mpp={mpp!r}.")
 
+    if names is not None and len(names) != len(paths):
+        raise ValueError(f"'names' has {len(names)} entries for {len(paths)} slides; give one name per slide.")
+
     def images():
-        for path in paths:
+        for k, path in enumerate(paths):
             yield from _slide_patches(
                 path, patch_size=patch_size, overlap=overlap, level=level, mpp=mpp, mpp_tolerance=mpp_tolerance,
                 min_tissue=float(min_tissue), thumbnail_size=int(thumbnail_size), tissue_channel=tissue_channel,
-                block_size=int(block_size),
+                block_size=int(block_size), name=names[k],
             )
 
     return PatchStore.build_from_patches(
