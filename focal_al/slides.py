@@ -289,8 +289,9 @@ def _slide_patches(path, *, patch_size, overlap, level, mpp, mpp_tolerance, min_
         try:
             if tissue_channel == "auto":
                 tissue_channel = "grey" if _is_grey(slide) else "saturation"
+            # Smaller blocks for the overview: each is reduced in float32 (12 MiB at 1024 px, not 48).
             mask, scale = tissue_mask(slide, thumbnail_size=thumbnail_size, channel=tissue_channel,
-                                      block_size=block_size)
+                                      block_size=min(block_size, 1024))
         except Exception as exc:  # the reader and codecs raise many types on a damaged file
             raise ValueError(f"Slide '{path}' cannot be read: it is truncated or damaged, or its pixels are not "
                              f"usable ({type(exc).__name__}: {exc}).") from exc
@@ -298,7 +299,7 @@ def _slide_patches(path, *, patch_size, overlap, level, mpp, mpp_tolerance, min_
         # is made and filtered a band of rows at a time: memory follows the tissue kept, not the slide.
         ys = np.arange(0, height - patch_size + 1, stride, dtype=np.int64)
         xs = np.arange(0, width - patch_size + 1, stride, dtype=np.int64)
-        band = max(1, 2**20 // max(len(xs), 1))
+        band = max(1, 2**16 // max(len(xs), 1))
         kept = []
         for first in range(0, len(ys), band):
             yy, xx = np.meshgrid(ys[first:first + band], xs, indexing="ij")
