@@ -35,6 +35,17 @@ def plugins(pattern):
             click.echo(f"  {f.source} {f.version} ({f.group}: {f.entry_point} = {f.value}): {f.error}")
 
 
+def _clean_warnings():
+    """Print warnings as one line each ("Warning: ..."), once, without Python's source line."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        click.echo(f"Warning: {message}", err=True)
+
+    warnings.showwarning = show
+    warnings.simplefilter("once", UserWarning)
+
+
 def _csv(kind):
     def parse(ctx, param, value):
         from focal_al.bench.config import split_top_level
@@ -62,7 +73,7 @@ def _csv(kind):
                    "the mask <stem><mask-suffix>.<ext2> in --masks-dir.")
 @click.option("--masks-dir", type=click.Path(exists=True, file_okay=False),
               help="Your masks (--dataset folder): lossless label images (instance ids, or 0/1 or 0/255 binary "
-                   "masks, split into connected components). May be --images-dir when --mask-suffix is set.")
+                   "masks, split into connected components). Default with --mask-suffix: --images-dir.")
 @click.option("--mask-suffix", help="What a mask's file stem adds to its image's, e.g. _label for "
                                     "image01.png / image01_label.png (default: none, same stems).")
 @click.option("--n-images", type=int, help="Number of synthetic images (--dataset synthetic).")
@@ -148,8 +159,11 @@ def bench(preset, resume, accept_replay_drift, grid, full_supervision, quiet, ou
         from focal_al.threads import set_process_threads
 
         threads = set_process_threads(threads)
+        _clean_warnings()
         if options.get("semi_supervised") == "none":
             options["semi_supervised"] = None
+        if options.get("images_dir") and not options.get("masks_dir") and options.get("mask_suffix"):
+            options["masks_dir"] = options["images_dir"]  # masks beside their images, told apart by the suffix
         config = preset_config(preset, out_dir=out_dir or f"bench-out/{preset}", threads=threads, **options).validate()
         if grid:
             for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet, jobs=jobs,
@@ -195,7 +209,7 @@ def project():
 _CLI_WORDS = (("pass overwrite=True", "pass --overwrite"), ("overwrite=True", "--overwrite"),
               ("or pass client=None", "or leave out --scheduler"), ("pass level=", "pass --level"),
               ("or pass image=", "or pass --image"), ("level=", "--level "), ("mpp=", "--mpp "),
-              ("n_instances", "--n"))
+              ("n_instances", "--n"), ("'images_dir'", "--images-dir"), ("'masks_dir'", "--masks-dir"))
 
 
 def _in_cli_words(message: str) -> str:

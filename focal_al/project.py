@@ -63,6 +63,8 @@ FORMAT = "focal_al.project"
 FORMAT_VERSION = 1
 IGNORE = 255
 _IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".svs", ".ndpi", ".scn")
+#: Stems that mark a mask beside its image in a folder (``img01_label.png`` next to ``img01.png``).
+_MASK_SUFFIXES = ("_label", "_labels", "_mask", "_masks", "_anno", "_annotation", "_gt")
 # A GeoJSON coordinate may sit on the image border (x == W); allow QuPath's float rounding beyond
 # it, no more: a larger excess means another coordinate frame.
 _FRAME_TOLERANCE = 1.0
@@ -260,6 +262,10 @@ def _list_images(sources, mask_suffix: str) -> dict:
             found = [p for p in sorted(source.iterdir())
                      if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
                      and not (mask_suffix and p.stem.endswith(mask_suffix))]
+            # A folder of images with their masks beside them: <stem>_label.png etc. are not images.
+            stems = {p.stem for p in found}
+            found = [p for p in found if not any(p.stem.endswith(s) and p.stem[: -len(s)] in stems
+                                                 for s in _MASK_SUFFIXES)]
         elif source.is_file():
             found = [source]
         else:
@@ -295,9 +301,12 @@ def _match_masks(folder, names, mask_suffix: str, what: str) -> tuple:
         else:
             unknown.append(path.name)
     if unknown and not found:
+        hint = (" (pass --mask-suffix \"\" if the masks are named exactly like their images)" if mask_suffix else
+                next((f" (pass --mask-suffix {s} if the masks are named <image>{s}.png)" for s in _MASK_SUFFIXES
+                      if any(Path(u).stem.endswith(s) for u in unknown)), ""))
         raise AnnotationError(
             f"No file in the {what} folder '{folder}' matches a project image: found {unknown[:5]}, "
-            f"expected '<image name>{mask_suffix}.png' for images such as {list(names)[:3]}."
+            f"expected '<image name>{mask_suffix}.png' for images such as {list(names)[:3]}{hint}."
         )
     lossy = [p.name for p in found.values() if p.suffix.lower() in (".jpg", ".jpeg")]
     if lossy:

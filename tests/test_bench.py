@@ -116,7 +116,7 @@ def test_cli_help():
 @pytest.mark.parametrize("args, expected", [
     (["--overlap", "1.5"], "overlap"),
     (["--strategies", "focanot"], "focannot"),  # a close match is suggested
-    (["--dataset", "folder"], "images_dir"),
+    (["--dataset", "folder"], "--images-dir"),
     (["--budget", "0.01", "--step", "0.1"], "budget"),
     (["--seeds", "a,b"], "comma-separated list of int"),
 ])

@@ -201,7 +201,8 @@ class BenchConfig:
         check(len(self.strategies) >= 1, "strategies", "at least one strategy")
         if self.dataset == "folder":
             check(self.images_dir is not None, "images_dir", "given with --dataset folder")
-            check(self.masks_dir is not None, "masks_dir", "given with --dataset folder")
+            check(self.masks_dir is not None, "masks_dir", "given with --dataset folder (with --mask-suffix it "
+                                                           "defaults to --images-dir)")
         if problems:
             raise ValueError("Invalid bench configuration:\n  - " + "\n  - ".join(problems))
         return self

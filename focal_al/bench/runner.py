@@ -135,11 +135,16 @@ def describe_data(data: BenchData, config: BenchConfig) -> str:
 
     def objects(dataset):
         counts = [len(np.unique(m[m > 0])) for m in dataset.masks]
+        if min(counts) == max(counts):
+            return f"{counts[0]} object{'s' if counts[0] != 1 else ''} per mask"
         return f"{min(counts)}-{max(counts)} objects per mask (median {int(np.median(counts))})"
 
-    return (f"Read {len(data.train)} training images ({sizes(data.train)} px after scale {config.scale:g}, "
+    def images(n, what):
+        return f"{n} {what} image{'s' if n != 1 else ''}"
+
+    return (f"Read {images(len(data.train), 'training')} ({sizes(data.train)} px after scale {config.scale:g}, "
             f"{objects(data.train)}; {len(data.store)} patches of {config.patch_size} px) and "
-            f"{len(data.test)} test images ({sizes(data.test)} px, {objects(data.test)}).")
+            f"{images(len(data.test), 'test')} ({sizes(data.test)} px, {objects(data.test)}).")
 
 
 # ----------------------------------------------------------------------------------- protocol
@@ -405,6 +410,13 @@ def _existing_state(config: BenchConfig, spec: BenchStrategy, seed: int, out_dir
     state = RunState(run_dir).load()
     protocol = {k: getattr(config, k) for k in PROTOCOL_FIELDS}
     if state is not None and not resume:
+        # Say --resume only where it would be taken: a run of another protocol cannot be continued.
+        changed = sorted(k for k in protocol if _saved_protocol_value(state.get("protocol") or {}, k) != protocol[k])
+        if changed:
+            raise FileExistsError(
+                f"{run_dir} already holds results of {spec.key} seed {seed} made with another protocol (it differs "
+                f"in {changed}); choose another --out-dir. Nothing was overwritten."
+            )
         raise FileExistsError(
             f"{run_dir} already holds results of {spec.key} seed {seed}. Pass --resume to continue it, "
             f"or choose another --out-dir; nothing was overwritten."
