@@ -388,10 +388,15 @@ def project_status(directory, as_json):
                f"patches labelled")
     click.echo(f"cost: {s['revealed_pixels']} of {s['total_pixels']} pixels ({s['cost']:.1%}), "
                f"{s['foreground_pixels']} foreground")
-    weights = "up to date" if s["weights_current"] else "older than the labels (train)"
-    click.echo(f"network: {s['trained_steps']} steps, {weights}")
+    if not s["labelled_patches"]:
+        click.echo("network: untrained, nothing labelled yet (the first query asks for random regions)")
+    else:
+        weights = "up to date" if s["weights_current"] else "older than the labels (`focal-al project train`)"
+        click.echo(f"network: {s['trained_steps']} steps, {weights}")
     if s["validation_dice"] is not None:
-        click.echo(f"validation Dice: {s['validation_dice']:.3f} over {len(s['validation'])} images")
+        n = len(s["validation"])
+        thin = " (one image: a rough guide, not a measure)" if n == 1 else ""
+        click.echo(f"validation Dice: {s['validation_dice']:.3f} over {n} image{'s' if n != 1 else ''}{thin}")
 
 
 @project.command("predict")
