@@ -286,15 +286,20 @@ def project_init(directory, images, clusters, **options):
               help="Strategy for this round (default: the project's; random-patch while nothing is labelled).")
 @click.option("--crops", is_flag=True, help="Also write a picture of each region with some context.")
 @click.option("--context", default=32, show_default=True, help="Context pixels around each crop.")
+@click.option("--scheduler", help="Dask scheduler address (tcp://host:8786): score the pool on its workers and select "
+                                  "with the streaming FocAnnot (large pools).")
+@click.option("--workers", type=int, help="The same on a local cluster of this many worker processes.")
 @_threads_option
 @_user_errors
-def project_query(directory, n, strategy, crops, context, threads):
+def project_query(directory, n, strategy, crops, context, scheduler, workers, threads):
     """Train if needed, score the pool once and write the next round's regions to annotate."""
     from focal_al.project import AnnotationProject
 
     _threads(threads)
+    if workers is not None and workers < 1:
+        raise click.BadParameter(f"must be >= 1; got {workers}.", param_hint="--workers")
     p = AnnotationProject(directory)
-    folder = p.query(n, strategy=strategy, crops=crops, context=context)
+    folder = p.query(n, strategy=strategy, crops=crops, context=context, scheduler=scheduler, workers=workers)
     regions = p.regions(p.state["rounds"][-1]["round"])
     click.echo(f"{folder}: {len(regions)} regions in {len({g.image for g in regions})} images "
                f"(regions.csv, geojson/, napari/, overview/{', crops/' if crops else ''}).")
@@ -466,7 +471,6 @@ def score(store, weights, scores_path, scheduler, workers, width, depth, batch_s
     from focal_al.distributed import load_safetensors_weights, score_pool_distributed
     from focal_al.estimator import SegmentationNet
     from focal_al.store import PatchStore
-    from focal_al.streaming import streaming_focannot
 
     try:
         from pathlib import Path
@@ -487,7 +491,23 @@ def score(store, weights, scores_path, scheduler, workers, width, depth, batch_s
                                         chunk_size=chunk_size, overwrite=overwrite)
         click.echo(f"{scores.path}: {scores.n_patches} patches scored, descriptors of dimension {scores.d}", err=True)
         if n_query is not None:
-            picked = streaming_focannot(scores, n_query, k=clusters, random_state=seed)
+            # The registered streaming FocAnnot, among the patches with no revealed pixel only.
+            import numpy as np
+
+            from focal_al.registry import get_strategy
+            from focal_al.streaming import FileScores
+
+            labels = pool.labels
+            unlabelled = np.concatenate([
+                start + np.flatnonzero((np.asarray(labels[start:start + 4096]) == 255).reshape(
+                    min(4096, len(pool) - start), -1).all(axis=1))
+                for start in range(0, len(pool), 4096)])
+            if n_query > len(unlabelled):
+                raise ValueError(f"--query {n_query} asks for more patches than the {len(unlabelled)} unlabelled ones.")
+            view = FileScores(scores, unlabelled)
+            positions = get_strategy("focannot-streaming")(view, n_query, np.arange(len(unlabelled)),
+                                                           np.random.default_rng(seed), k=clusters)
+            picked = unlabelled[positions]
             writer = csv.writer(sys.stdout)
             writer.writerow(["index", "image", "y_level0", "x_level0", "side_level0"])
             for i in picked:

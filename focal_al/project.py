@@ -63,6 +63,9 @@ FORMAT = "focal_al.project"
 FORMAT_VERSION = 1
 IGNORE = 255
 _IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".svs", ".ndpi", ".scn")
+#: Pools larger than this many patches are scored on Dask workers and queried with the streaming
+#: FocAnnot, whatever ``query`` is told (one process holding every descriptor would not fit).
+LARGE_POOL = 500_000
 #: Stems that mark a mask beside its image in a folder (``img01_label.png`` next to ``img01.png``).
 _MASK_SUFFIXES = ("_label", "_labels", "_mask", "_masks", "_anno", "_annotation", "_gt")
 # A GeoJSON coordinate may sit on the image border (x == W); allow QuPath's float rounding beyond
@@ -919,7 +922,7 @@ class AnnotationProject:
             net.load_weights(self.path / self.state["weights"]["file"])
         return net
 
-    def learner(self, net=None, *, strategy=None, strategy_params=None, round_=None):
+    def learner(self, net=None, *, strategy=None, strategy_params=None, round_=None, scorer=None):
         """The project's :class:`focal_al.learner.PatchActiveLearner`, rebuilt from the files.
 
         Every labelled pool row is taught once with its labels from the label files, recorded without
@@ -938,6 +941,9 @@ class AnnotationProject:
             Default: the project's strategy parameters (when ``strategy`` is the project's).
         round_ : int, optional
             The round the strategy's random stream is seeded for (default: the next round).
+        scorer : callable, optional
+            How the round's pass over the pool is made (``PatchActiveLearner``'s ``scorer``);
+            default the network's ``score_pool``.
 
         Returns
         -------
@@ -953,7 +959,7 @@ class AnnotationProject:
         learner = PatchActiveLearner(
             self._load_net() if net is None else net,
             query_strategy(name, random_state=_seed(self.config["seed"], 1, round_), **params),
-            store=self.store, random_state=_seed(self.config["seed"], 2, round_),
+            store=self.store, random_state=_seed(self.config["seed"], 2, round_), scorer=scorer,
         )
         labelled = self.labelled()
         if labelled.size:
@@ -1061,8 +1067,24 @@ class AnnotationProject:
 
     # ------------------------------------------------------------------------------- querying
 
+    def _distributed_scorer(self, net, scheduler, workers, round_):
+        """A learner scorer that scores the whole store on Dask workers into a hidden scores file."""
+        from focal_al.distributed import score_pool_distributed
+        from focal_al.streaming import FileScores
+
+        path = self.path / "rounds" / f".scores-{round_:03d}.h5"
+        path.parent.mkdir(exist_ok=True)
+
+        def score(learner, X_pool, rows):
+            file = score_pool_distributed(net, self.store, path, client=scheduler, n_workers=workers or 2,
+                                          overwrite=True)
+            return FileScores(file, rows)
+
+        return score, path
+
     @_exclusive
-    def query(self, n, *, strategy=None, strategy_params=None, crops=False, context=32) -> Path:
+    def query(self, n, *, strategy=None, strategy_params=None, crops=False, context=32, scheduler=None,
+              workers=None) -> Path:
         """Ask for ``n`` regions: train if needed, score the pool once, export round r.
 
         The round's folder ``rounds/round-NNN`` holds ``regions.csv`` (every region),
@@ -1081,6 +1103,12 @@ class AnnotationProject:
         crops : bool, default=False
             Also write a picture of each region with ``context`` pixels around it.
         context : int, default=32
+        scheduler : str, optional
+            A Dask scheduler address: score the pool on its workers and select with the streaming
+            FocAnnot (``focannot-streaming``), for pools too large for one process.
+        workers : int, optional
+            The same on a local cluster of this many worker processes. Pools of more than
+            ``LARGE_POOL`` patches take this route by themselves (2 workers).
 
         Returns
         -------
@@ -1109,12 +1137,33 @@ class AnnotationProject:
             raise ValueError(f"The 'strategy' parameter of query must be a patch-level strategy. Got {strategy!r}.")
         round_ = len(self.state["rounds"]) + 1
         net, weights = self._trained_net()
-        learner = self.learner(net, strategy=strategy, strategy_params=strategy_params, round_=round_)
+        scorer, scores_path = None, None
+        if scheduler is not None or workers is not None or len(self.store) > LARGE_POOL:
+            if strategy not in ("focannot", "focannot-streaming", "random-patch"):
+                raise ValueError(f"A pool scored on Dask workers (--scheduler, --workers, or over {LARGE_POOL:,} "
+                                 f"patches) is queried with the streaming FocAnnot; strategy {strategy!r} needs the "
+                                 "whole pool's scores in memory.")
+            if strategy == "focannot":
+                strategy_params = dict(strategy_params if strategy_params is not None else
+                                       self.config["strategy_params"])
+                other = sorted(set(strategy_params) - {"k", "lam", "candidate_ratio", "normalize"})
+                if other:
+                    raise ValueError(f"The streaming FocAnnot of large pools takes k, lam, candidate_ratio and "
+                                     f"normalize; the project's strategy parameters also set {other}.")
+                strategy = "focannot-streaming"
+            if strategy != "random-patch":
+                scorer, scores_path = self._distributed_scorer(net, scheduler, workers, round_)
+        learner = self.learner(net, strategy=strategy, strategy_params=strategy_params, round_=round_, scorer=scorer)
         pool = self.store.patches
-        rows, _ = learner.query(pool, n_instances=n)
-        # The query's one scoring pass, over the unlabelled rows: each region's score is read from it.
-        candidate_scores, candidates = learner.candidate_scores(pool)
-        scores = np.asarray(candidate_scores.entropy)[np.searchsorted(candidates, rows)]
+        try:
+            rows, _ = learner.query(pool, n_instances=n)
+            # The query's one scoring pass, over the unlabelled rows: each region's score is read from it.
+            candidate_scores, candidates = learner.candidate_scores(pool)
+            scores = np.asarray(candidate_scores.entropy)[np.searchsorted(candidates, rows)]
+        finally:
+            if scores_path is not None:  # the round's scores are recorded below; the file is scratch
+                scores_path.unlink(missing_ok=True)
+                scores_path.with_suffix(".safetensors").unlink(missing_ok=True)
         order = np.argsort(-scores, kind="stable")
         rows, scores = rows[order], scores[order]
         record = {"round": round_, "strategy": strategy,

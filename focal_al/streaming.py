@@ -25,7 +25,41 @@ from focal_al.scores import PoolScores
 from focal_al.scores_file import ScoresFile
 from focal_al.selection import assign_clusters, check_n_instances, cluster_importance, double_ranking
 
-__all__ = ["CandidateRows", "stream_kmeans", "streaming_focannot"]
+__all__ = ["CandidateRows", "FileScores", "stream_kmeans", "streaming_focannot"]
+
+
+class FileScores:
+    """The scores of some pool rows, kept in a scores file larger than memory: what a distributed
+    scorer hands :class:`~focal_al.learner.PatchActiveLearner` for the streaming strategies.
+
+    ``len()`` is the number of ``rows`` (the learner's candidates); ``entropy`` and ``margin`` read
+    those rows only. The strategy ``focannot-streaming`` selects from ``file`` itself.
+
+    Parameters
+    ----------
+    file : ScoresFile
+        Scores of the whole pool.
+    rows : ndarray of int of shape (m,)
+        Sorted pool indices these scores stand for.
+    """
+
+    def __init__(self, file, rows):
+        self.file = file if isinstance(file, ScoresFile) else ScoresFile(file)
+        self.rows = np.asarray(rows, dtype=np.intp)
+
+    def __len__(self):
+        return len(self.rows)
+
+    @property
+    def entropy(self):
+        return self.file.read_rows("entropy", self.rows)
+
+    @property
+    def margin(self):
+        return self.file.read_rows("margin", self.rows)
+
+    def take(self, positions):
+        return FileScores(self.file, self.rows[np.asarray(positions, dtype=np.intp)])
 
 
 class CandidateRows:

@@ -417,6 +417,36 @@ def _foreground_aware(name, key, source, scores, n_instances, candidates, rng, f
     return np.sort(np.concatenate([first, rng.choice(rest, size=n - n_foreground, replace=False)])).astype(np.intp)
 
 
+@register_strategy("focannot-streaming", level="patch")
+def focannot_streaming(scores, n_instances, candidates, rng, *, k=3, lam=0.5, candidate_ratio=2.0, normalize="sum"):
+    """FocAnnot (Algorithm 1) over a scores file larger than memory, for pools of 10^6-10^7 patches.
+
+    The same selection as ``focannot`` (MiniBatchKMeans fitted by ``partial_fit`` on blocks of
+    rows, CU and CD on the member means, IU then ID), reading the scores a block at a time
+    (:func:`focal_al.streaming.streaming_focannot`). Given a :class:`focal_al.streaming.FileScores`
+    (what a distributed scorer returns) it picks among its rows, the learner's unlabelled
+    candidates only; given in-memory :class:`~focal_al.scores.PoolScores` it runs the same
+    algorithm through a temporary scores file.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from focal_al.scores_file import write_scores
+    from focal_al.streaming import FileScores, streaming_focannot
+
+    n, candidates = _prepare(scores, n_instances, candidates)
+    seed = int(rng.integers(2**31 - 1))
+    if isinstance(scores, FileScores):
+        picked = streaming_focannot(scores.file, n, candidates=scores.rows[candidates], k=k, lam=lam,
+                                    candidate_ratio=candidate_ratio, normalize=normalize, random_state=seed)
+        return np.searchsorted(scores.rows, picked).astype(np.intp)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = write_scores(Path(tmp) / "scores.h5", scores)
+        return np.asarray(streaming_focannot(file, n, candidates=candidates, k=k, lam=lam,
+                                             candidate_ratio=candidate_ratio, normalize=normalize,
+                                             random_state=seed), dtype=np.intp)
+
+
 @register_strategy("clasp-pe", level="patch")
 def clasp_pe(scores, n_instances, candidates, rng, *, class_share=0.66, beta=1.0):
     """ClaSP PE: power-noised predictive entropy, class-stratified for 66 % of the query (Lüth et al. 2026).

@@ -179,16 +179,27 @@ def test_cli_score_on_a_scheduler_address(tmp_path, store, net, client):
 
     weights = tmp_path / "w.safetensors"
     save_safetensors_weights(net, weights)
+    # The first image labelled, the others not: --query picks among the unlabelled patches only.
+    data = make_synthetic(3, size=(64, 96), seed=0)
+    masks = [m if k == 0 else np.full(m.shape, 255, np.uint8) for k, m in enumerate(data.masks)]
+    partial = PatchStore.build(tmp_path / "partial.h5", data.images, [(m > 0).astype(np.uint8) if k == 0 else m
+                                                                       for k, m in enumerate(masks)],
+                               data.names, patch_size=16, overlap=0.0)
     out = tmp_path / "scores.h5"
     result = CliRunner().invoke(main, [
-        "score", str(store.path), str(weights), "--out", str(out), "--scheduler", client.scheduler.address,
+        "score", str(partial.path), str(weights), "--out", str(out), "--scheduler", client.scheduler.address,
         "--width", "2", "--depth", "2", "--batch-size", "8", "--query", "5",
     ])
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "index,image,y_level0,x_level0,side_level0" and len(lines) == 6
-    np.testing.assert_allclose(ScoresFile(out).entropy, net.score_pool(store.patches, batch_size=8).entropy,
+    assert all(line.split(",")[1] != data.names[0] for line in lines[1:])  # never a labelled patch
+    np.testing.assert_allclose(ScoresFile(out).entropy, net.score_pool(partial.patches, batch_size=8).entropy,
                                rtol=1e-6)
+    labelled = CliRunner().invoke(main, [
+        "score", str(store.path), str(weights), "--out", str(tmp_path / "all.h5"), "--scheduler",
+        client.scheduler.address, "--width", "2", "--depth", "2", "--query", "5"])
+    assert labelled.exit_code != 0 and "unlabelled" in labelled.output
 
 
 def test_streaming_caps_k_at_the_candidates_like_the_in_memory_strategy(tmp_path):

@@ -94,3 +94,24 @@ def test_slide_projects_refuse_what_does_not_fit_them(slide_pair, tmp_path):
         out = CliRunner().invoke(main, ["project", "init", str(tmp_path / "p"), "--images", str(folder), "--level",
                                         "1", "--patch-size", "32", "--depth", "2", *extra])
         assert out.exit_code != 0 and words in out.output, out.output
+
+
+def test_a_round_scored_on_a_two_worker_local_cluster(slide_pair, tmp_path):
+    folder, truths = slide_pair
+    proj = tmp_path / "proj"
+    args = ["project", "init", str(proj), "--images", str(folder), "--level", "1", "--patch-size", "32", "--width",
+            "2", "--depth", "2", "--train-steps", "2", "--clusters", "2"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    project = AnnotationProject(proj)
+    first = CliRunner().invoke(main, ["project", "query", str(proj), "--n", "3"])  # random: nothing labelled yet
+    assert first.exit_code == 0, first.output
+    CliRunner().invoke(main, ["project", "import", str(proj), "--geojson",
+                              *map(str, answer(project, proj / "rounds" / "round-001", truths, tmp_path))])
+    labelled = set(AnnotationProject(proj).labelled().tolist())
+    second = CliRunner().invoke(main, ["project", "query", str(proj), "--n", "4", "--workers", "2"])
+    assert second.exit_code == 0, second.output
+    state = json.loads((proj / "state.json").read_text())
+    asked = state["rounds"][-1]["asked"]
+    assert state["rounds"][-1]["strategy"] == "focannot-streaming" and len(asked) == 4
+    assert not labelled & set(asked)  # unlabelled candidates only
+    assert not list((proj / "rounds").glob(".scores-*"))  # the round's scratch scores are gone
