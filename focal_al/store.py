@@ -710,23 +710,25 @@ class _PatchWriter:
     def _copy_staged(self):
         l, c = self.patch_size, self.n_channels
         img_bytes, lab_bytes = c * l * l, l * l
-        raw = np.memmap(self._staging_name, dtype=np.uint8, mode="r")
         pos, dst = 0, 0
-        # Staged layout: per image, its image patches then its label patches.
-        for k in self._staged_sizes:
-            for start in range(0, k, _COPY_BLOCK):
-                m = min(_COPY_BLOCK, k - start)
-                a = pos + start * img_bytes
-                self.patches[dst + start : dst + start + m] = raw[a : a + m * img_bytes].reshape(
-                    m, c, l, l
-                )
-            pos += k * img_bytes
-            for start in range(0, k, _COPY_BLOCK):
-                m = min(_COPY_BLOCK, k - start)
-                a = pos + start * lab_bytes
-                self.labels[dst + start : dst + start + m] = raw[a : a + m * lab_bytes].reshape(
-                    m, l, l
-                )
-            pos += k * lab_bytes
-            dst += k
-        del raw
+
+        # Read block by block into one buffer (not a memory map of the whole staging file, whose
+        # pages would all become resident: 160 MiB for a 10k-patch slide).
+        def read(fh, offset, count):
+            fh.seek(offset)
+            return np.frombuffer(fh.read(count), dtype=np.uint8)
+
+        with open(self._staging_name, "rb") as raw:
+            # Staged layout: per image, its image patches then its label patches.
+            for k in self._staged_sizes:
+                for start in range(0, k, _COPY_BLOCK):
+                    m = min(_COPY_BLOCK, k - start)
+                    block = read(raw, pos + start * img_bytes, m * img_bytes)
+                    self.patches[dst + start : dst + start + m] = block.reshape(m, c, l, l)
+                pos += k * img_bytes
+                for start in range(0, k, _COPY_BLOCK):
+                    m = min(_COPY_BLOCK, k - start)
+                    block = read(raw, pos + start * lab_bytes, m * lab_bytes)
+                    self.labels[dst + start : dst + start + m] = block.reshape(m, l, l)
+                pos += k * lab_bytes
+                dst += k
