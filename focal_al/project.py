@@ -320,24 +320,57 @@ def _match_masks(folder, names, mask_suffix: str, what: str) -> tuple:
     return found, unknown
 
 
+@contextlib.contextmanager
+def _building(path: Path):
+    """Yield a new project folder under a hidden temporary name next to ``path``; when the block ends
+    it is flushed and renamed into place, and on any error removed: ``path`` never holds half a project."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = readable(Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)), directory=True)
+    try:
+        (tmp / "labels").mkdir()
+        (tmp / "validation").mkdir()
+        yield tmp
+        _fsync_tree(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_project_files(folder: Path, config: dict, *, labels=None, initial=()) -> None:
+    """A new project's ``project.json`` and its first ``state.json``."""
+    state = {"format": f"{FORMAT}.state", "generation": 0, "labels": dict(labels or {}), "labels_generation": 0,
+             "initial": list(initial), "rounds": [], "weights": None}
+    _write_json(folder / "project.json", config)
+    _write_json(folder / "state.json", state)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, exclusive: bool):
+    """Hold the project's advisory lock (exclusive to commit, shared to read), or refuse at once."""
+    with open(Path(path) / ".lock", "a") as lock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no advisory locks, commands must not overlap
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ProjectError(
+                    f"Another focal-al command is working on project '{path}'; run this one when it ends."
+                ) from None
+        yield
+
+
 def _reading(method):
     """Run a command that only reads, under a shared lock, on the state as it is now: a committing
     command beside it would otherwise delete the label files it is reading."""
 
     @functools.wraps(method)
     def shared(self, *args, **kwargs):
-        with open(self.path / ".lock", "a") as lock:
-            try:
-                import fcntl
-            except ImportError:
-                fcntl = None
-            if fcntl is not None:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise ProjectError(
-                        f"Another focal-al command is working on project '{self.path}'; run this one when it ends."
-                    ) from None
+        with _locked(self.path, exclusive=False):
             state = _read_json(self.path / "state.json")
             _check_schema(self.path / "state.json", state, _STATE_SCHEMA)
             self.state = state
@@ -355,19 +388,7 @@ def _exclusive(method):
 
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with contextlib.ExitStack() as stack:
-            lock = stack.enter_context(open(self.path / ".lock", "a"))
-            try:
-                import fcntl
-            except ImportError:  # not POSIX: no advisory locks, commands must not overlap
-                fcntl = None
-            if fcntl is not None:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise ProjectError(
-                        f"Another focal-al command is working on project '{self.path}'; run this one when it ends."
-                    ) from None
+        with _locked(self.path, exclusive=True):
             on_disk = json.loads((self.path / "state.json").read_text(encoding="utf-8"))
             if on_disk.get("generation") != self.state["generation"]:
                 raise ProjectError(
@@ -580,12 +601,7 @@ class AnnotationProject:
             raise ProjectError("Every image has a validation mask; keep at least one image in the pool to annotate.")
         initial = _match_masks(masks, pool_names, mask_suffix, "masks")[0] if masks else {}
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path)
-        tmp = readable(Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)), directory=True)
-        try:
-            (tmp / "labels").mkdir()
-            (tmp / "validation").mkdir()
+        with _building(path) as tmp:
             entries, scaled, labels_scaled, label_files = [], [], [], {}
             for name in names:
                 image = _read_image(files[name])
@@ -617,15 +633,7 @@ class AnnotationProject:
                             "batch_size": int(batch_size), "train_steps": int(train_steps)},
                 "seed": int(seed), "mask_suffix": mask_suffix,
             }
-            state = {"format": f"{FORMAT}.state", "generation": 0, "labels": label_files,
-                     "labels_generation": 0, "initial": initial_rows.tolist(), "rounds": [], "weights": None}
-            _write_json(tmp / "project.json", config)
-            _write_json(tmp / "state.json", state)
-            _fsync_tree(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            _write_project_files(tmp, config, labels=label_files, initial=initial_rows.tolist())
         return cls(path)
 
     @classmethod
@@ -635,12 +643,7 @@ class AnnotationProject:
         from focal_al.slides import load_slides, open_slide
 
         names = list(files)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path)
-        tmp = readable(Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)), directory=True)
-        try:
-            (tmp / "labels").mkdir()
-            (tmp / "validation").mkdir()
+        with _building(path) as tmp:
             store = load_slides([files[n] for n in names], tmp / "pool.h5", patch_size=patch_size, overlap=overlap,
                                 level=level, mpp=mpp, min_tissue=min_tissue, names=names)
             entries = []
@@ -658,15 +661,7 @@ class AnnotationProject:
                                 "downsample": float(store.image_downsamples[i]), "frame": list(frame)})
             config = {"format": FORMAT, "format_version": FORMAT_VERSION, "images": entries,
                       "patch_size": patch_size, "overlap": overlap, "scale": 1.0, **config_rest}
-            state = {"format": f"{FORMAT}.state", "generation": 0, "labels": {}, "labels_generation": 0,
-                     "initial": [], "rounds": [], "weights": None}
-            _write_json(tmp / "project.json", config)
-            _write_json(tmp / "state.json", state)
-            _fsync_tree(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            _write_project_files(tmp, config)
         return cls(path)
 
     @classmethod
@@ -702,16 +697,7 @@ class AnnotationProject:
                                     "checksum); nothing was changed. Point it at the original files.")
         for entry in config["images"]:
             entry["path"] = str(files[entry["name"]].resolve())
-        with open(path / ".lock", "a") as lock:
-            try:
-                import fcntl
-
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except ImportError:
-                pass
-            except BlockingIOError:
-                raise ProjectError(f"Another focal-al command is working on project '{path}'; run this one when it "
-                                   "ends.") from None
+        with _locked(path, exclusive=True):
             _write_json(config_file, config)
         return cls(path)
 
