@@ -404,3 +404,20 @@ def test_report_gives_the_seconds_per_round():
     (row,) = summarize(records)
     assert row["timing"]["run_minutes"] is None
     assert "Query s / round" not in render_report([row], config=None, full_supervision=None, figures=None)
+
+
+def test_the_report_answers_in_one_sentence_and_says_when_evidence_is_thin():
+    from focal_al.bench.report import answer_sentence
+
+    def row(label, verdict, mean, low, high, n=3):
+        return {"label": label, "verdict": verdict, "aubc": {"mean": mean, "low": low, "high": high, "n": n}}
+
+    none = answer_sentence([row("IU", "no detectable difference", -0.004, -0.02, 0.012)], baseline_label="Random")
+    assert none.startswith("**Answer:** no strategy is better or worse than Random") and "too thin" not in none
+    win = answer_sentence([row("FocAnnot", "better", 0.03, 0.01, 0.05), row("IU", "worse", -0.03, -0.05, -0.01)],
+                          baseline_label="Random")
+    assert "FocAnnot beats Random" in win and "IU does worse" in win
+    two = answer_sentence([row("IU", "no detectable difference", -0.07, -1.35, 1.21, n=2)], baseline_label="Random")
+    assert "too thin" in two and "2 seed" in two
+    wide = answer_sentence([row("IU", "no detectable difference", 0.001, -0.05, 0.052)], baseline_label="Random")
+    assert "wider than every effect" in wide

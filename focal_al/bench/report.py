@@ -528,6 +528,36 @@ def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
     return lines
 
 
+def answer_sentence(comparison: Sequence[dict], *, baseline_label: str) -> str:
+    """The report's first line: which strategy, in one sentence, and whether the evidence can say.
+
+    The evidence is too thin when a strategy has fewer than 3 seeds, or when the AUBC intervals are
+    wider than the effects they bound (half-width above the largest |Δ| of any strategy): then the
+    sentence says so rather than naming a winner.
+    """
+    if not comparison:
+        return f"**Answer:** no strategy to compare with {baseline_label} in this folder yet."
+    better = [c for c in comparison if c["verdict"] == "better"]
+    worse = [c for c in comparison if c["verdict"] == "worse"]
+    seeds = min(int(c["aubc"]["n"]) for c in comparison)
+    widths = [(c["aubc"]["high"] - c["aubc"]["low"]) / 2 for c in comparison if np.isfinite(c["aubc"]["low"])]
+    effects = [abs(c["aubc"]["mean"]) for c in comparison if np.isfinite(c["aubc"]["mean"])]
+    thin = seeds < 3 or (widths and effects and min(widths) > max(effects))
+    caveat = (f" The evidence is too thin to say more: {'only ' + str(seeds) + ' seed(s) for some strategies' if seeds < 3 else 'the intervals are wider than every effect they bound'}."
+              if thin else "")
+    def names(cs):
+        return ", ".join(_cell(c["label"]) for c in cs)
+    if better:
+        text = f"**Answer:** {names(better)} beat{'s' if len(better) == 1 else ''} {baseline_label} in AUBC (paired by seed)"
+        text += f"; {names(worse)} {'does' if len(worse) == 1 else 'do'} worse." if worse else "; no other strategy differs."
+    elif worse:
+        text = (f"**Answer:** no strategy beats {baseline_label}; {names(worse)} "
+                f"{'is' if len(worse) == 1 else 'are'} worse in AUBC (paired by seed).")
+    else:
+        text = f"**Answer:** no strategy is better or worse than {baseline_label} in AUBC (paired by seed)."
+    return text + caveat
+
+
 def render_comparison(comparison: Sequence[dict], *, baseline_label: str) -> list[str]:
     """Markdown lines: the verdict table against the baseline."""
     lines = []
@@ -629,6 +659,7 @@ def render_report(
     reference = next((r["reference"] for r in rows if r.get("reference")), None)
 
     baseline_label = next((r["label"] for r in rows if r["strategy"] == "random-patch"), "random patches")
+    lines += [answer_sentence(comparison, baseline_label=baseline_label), ""]
     lines += render_comparison(comparison, baseline_label=baseline_label)
     labels = {r["strategy"]: r["label"] for r in rows}
     for key, rows_against in (also_against or {}).items():
