@@ -528,23 +528,30 @@ def _round0_notes(comparison: Sequence[dict], baseline_label: str) -> list[str]:
     return lines
 
 
+#: An AUBC interval half-width above this cannot rule out a difference worth acting on (5 Dice points).
+THIN_INTERVAL = 0.05
+
+
 def answer_sentence(comparison: Sequence[dict], *, baseline_label: str) -> str:
     """The report's first line: which strategy, in one sentence, and whether the evidence can say.
 
-    The evidence is too thin when a strategy has fewer than 3 seeds, or when the AUBC intervals are
-    wider than the effects they bound (half-width above the largest |Δ| of any strategy): then the
-    sentence says so rather than naming a winner.
+    The evidence is too thin when a strategy has fewer than 3 seeds, or when an AUBC interval cannot
+    rule out a difference of ``THIN_INTERVAL`` (5 Dice points) either way: then the sentence says so.
     """
     if not comparison:
         return f"**Answer:** no strategy to compare with {baseline_label} in this folder yet."
     better = [c for c in comparison if c["verdict"] == "better"]
     worse = [c for c in comparison if c["verdict"] == "worse"]
     seeds = min(int(c["aubc"]["n"]) for c in comparison)
-    widths = [(c["aubc"]["high"] - c["aubc"]["low"]) / 2 for c in comparison if np.isfinite(c["aubc"]["low"])]
-    effects = [abs(c["aubc"]["mean"]) for c in comparison if np.isfinite(c["aubc"]["mean"])]
-    thin = seeds < 3 or (widths and effects and min(widths) > max(effects))
-    caveat = (f" The evidence is too thin to say more: {'only ' + str(seeds) + ' seed(s) for some strategies' if seeds < 3 else 'the intervals are wider than every effect they bound'}."
-              if thin else "")
+    widest = max(((c["aubc"]["high"] - c["aubc"]["low"]) / 2 for c in comparison if np.isfinite(c["aubc"]["low"])),
+                 default=math.inf)
+    if seeds < 3:
+        caveat = f" The evidence is too thin to say more: only {seeds} seed(s) for some strategies."
+    elif widest > THIN_INTERVAL:
+        caveat = (f" The evidence is too thin to say more: an interval is ±{widest:.3f} wide, so differences of "
+                  f"{THIN_INTERVAL:.2f} either way are not ruled out.")
+    else:
+        caveat = ""
     def names(cs):
         return ", ".join(_cell(c["label"]) for c in cs)
     if better:
