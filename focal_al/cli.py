@@ -136,6 +136,8 @@ def _csv(kind):
               help="Learning rate within each round: warm-up + cosine decay to 1 percent of --lr (default), or constant.")
 @click.option("--warm-start/--from-scratch", default=None,
               help="Continue each round from the last round's weights (default), or retrain from scratch.")
+@click.option("--reset-every", type=int,
+              help="With warm start, retrain from fresh weights every that many rounds (a periodic reset).")
 @click.option("--batch-size", type=int, help="Patches per gradient step.")
 @click.option("--device", help="auto, cpu or cuda.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Output folder [default: bench-out/<preset>].")

@@ -780,3 +780,20 @@ def test_runs_record_a_cap_on_the_cpu_kernels(monkeypatch):
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert _cpu().endswith("ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)")
+
+
+def test_a_periodic_reset_retrains_from_fresh_weights_every_k_rounds(tmp_path, monkeypatch):
+    from focal_al.learner import PatchActiveLearner
+
+    warm = []
+    fit = PatchActiveLearner._fit_estimator
+    monkeypatch.setattr(PatchActiveLearner, "_fit_estimator",
+                        lambda self, X, y, *, warm_start=None, **k: warm.append(k["warm"]) or fit(self, X, y, **k))
+    run_bench(tiny(tmp_path, strategies=("random-patch",), reset_every=2, budget=0.5), with_full_supervision=False,
+              quiet=True)
+    rounds = read_json(tmp_path / "runs" / "random-patch-seed0" / "rounds.json")
+    assert len(rounds) >= 4 and len(warm) == len(rounds)
+    # Round 0 is the initial fit; rounds 2, 4, ... retrain from fresh weights, the others continue.
+    assert warm[1:] == [k % 2 != 0 for k in range(1, len(rounds))]
+    refused = CliRunner().invoke(main, ["bench", *TINY_CLI, "--reset-every", "0", "--out-dir", str(tmp_path / "x")])
+    assert refused.exit_code != 0 and "reset_every" in refused.output

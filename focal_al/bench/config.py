@@ -128,6 +128,7 @@ class BenchConfig:
     device: str = "auto"
     fast_path: bool = True
     semi_supervised: str | None = None
+    reset_every: int | None = None
     threads: int | None = None
     out_dir: str = "bench-out"
 
@@ -188,6 +189,8 @@ class BenchConfig:
         check(self.semi_supervised in (None, "fixmatch", "self-training"), "semi_supervised",
               "None, 'fixmatch' or 'self-training'")
         check(isinstance(self.fast_path, bool), "fast_path", "True or False")
+        check(self.reset_every is None or (isinstance(self.reset_every, int) and self.reset_every >= 1),
+              "reset_every", "None or an int >= 1 (retrain from fresh weights every that many rounds)")
         check(0 <= self.dropout < 1, "dropout", "in [0, 1)")
         check(self.mc_samples == 0 or (self.mc_samples >= 2 and self.dropout > 0), "mc_samples",
               "0, or at least 2 with dropout > 0 (MC dropout samples the network's dropout)")

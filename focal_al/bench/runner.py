@@ -40,7 +40,7 @@ PROTOCOL_FIELDS = (
     "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
     "epochs", "max_train_steps", "lr_schedule", "warm_start", "tta", "dropout", "mc_samples", "gradients",
-    "fast_path", "semi_supervised",
+    "fast_path", "semi_supervised", "reset_every",
 )
 #: What a run recorded before a protocol field existed computed with, where that is not the field's
 #: default: runs before ``fast_path`` ran the plain eager NCHW network.
@@ -219,6 +219,14 @@ def make_net(config: BenchConfig, network: str, seed: int, *, score_extras: bool
         semi_supervised=config.semi_supervised,
         **steps,
     )
+
+
+def round_start(learner, config: BenchConfig, round_: int) -> None:
+    """Warm start or not for this round's training: ``warm_start``, except every ``reset_every``-th
+    round, which retrains from fresh weights (a periodic reset; Ash & Adams, NeurIPS 2020, found that
+    warm-started training can lock in a poor start)."""
+    reset = bool(config.reset_every) and round_ > 0 and round_ % int(config.reset_every) == 0
+    learner.warm_start = bool(config.warm_start) and not reset
 
 
 def seed_round(net, config: BenchConfig, seed: int, round_: int, *, salt: int = 0) -> None:
@@ -675,6 +683,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         query_seconds = time.perf_counter() - start
         queries.append({"round": round_, "level": level, "items": items})
         seed_round(net, config, seed, round_)
+        round_start(learner, config, round_)
         start = time.perf_counter()
         learner.teach(chosen)  # the simulated annotator: labels come from the store's ground truth
         train_seconds = time.perf_counter() - start
@@ -756,6 +765,7 @@ def _replay(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData
             raise ValueError(f"Cannot replay {run}: round {query['round']} queried {err}, which is not a "
                              f"{learner.level} of this data; use another --out-dir.") from None
         seed_round(learner.estimator, config, seed, query["round"])
+        round_start(learner, config, query["round"])
         learner.teach(chosen)
         report(f"[{spec.key} seed {seed}] replayed round {query['round']} of {len(queries) - 1} "
                f"({(time.perf_counter() - start) / 60:.1f} min)")
