@@ -47,12 +47,15 @@ def _labels(records: Sequence[dict]) -> dict[str, str]:
     return dict(sorted(labels.items(), key=lambda kv: (kv[1], kv[0])))
 
 
-#: One fixed colour per strategy, the same in every report; baselines are grey and dashed.
+#: One fixed colour per strategy, the same in every report, far apart in hue (Table 1 from ColorBrewer's
+#: Dark2, the others from a qualitative palette); baselines are black or grey and dashed.
 _STRATEGY_COLORS = {
-    "1-image-iu": "tab:brown", "2-sa-fcn": "tab:pink", "3-sa": "tab:purple", "4-iu": "tab:orange",
-    "5-iu-id": "tab:olive", "6-cluster-equal": "tab:cyan", "7-focannot": "tab:red",
+    "1-image-iu": "#1b9e77", "2-sa-fcn": "#e7298a", "3-sa": "#7570b3", "4-iu": "#e6ab02",
+    "5-iu-id": "#66a61e", "6-cluster-equal": "#a6761d", "7-focannot": "#d95f02",
 }
-_BASELINES = {"random-patch": ("black", "--"), "random-image": ("tab:gray", ":")}
+_PALETTE = ("#1f77b4", "#d62728", "#17becf", "#9467bd", "#8c564b", "#bcbd22", "#e377c2", "#2ca02c")
+_BASELINES = {"random-patch": ("black", "--"), "random-image": ("#7f7f7f", "--"),
+              "random-foreground": ("#7f7f7f", ":"), "random-predicted-foreground": ("#4d4d4d", "-.")}
 _MARKERS = "osD^v<>ph*"
 
 
@@ -64,8 +67,7 @@ def _style(strategy: str) -> dict:
     import zlib
 
     code = zlib.crc32(strategy.encode())
-    palette = ["tab:blue", "tab:green", "darkgoldenrod", "teal", "indigo", "crimson", "sienna", "slateblue"]
-    return {"color": _STRATEGY_COLORS.get(strategy, palette[code % len(palette)]), "linestyle": "-",
+    return {"color": _STRATEGY_COLORS.get(strategy, _PALETTE[code % len(_PALETTE)]), "linestyle": "-",
             "marker": _MARKERS[code % len(_MARKERS)]}
 
 
@@ -101,10 +103,11 @@ def plot_learning_curves(
 ) -> Path:
     """Fig. 4: a metric against annotation cost, one line per strategy.
 
-    Each line is the mean over seeds, drawn where every seed of the strategy is defined; the band is
-    the 95 % t-interval of that mean (no band with a single seed). Baselines are dashed, every
-    strategy keeps its colour and marker across reports, and a horizontal line marks full
-    supervision when its value of ``metric`` is known.
+    Each thick line is the mean over seeds, drawn where every seed of the strategy is defined; each
+    seed's own curve is a thin line of the same colour under it (with three seeds a 95 % band would
+    cover nearly everything). Baselines are black or grey and dashed, every strategy keeps its colour
+    and marker across reports, the legend sits outside the plot, the y axis holds every seed's curve,
+    and a horizontal line marks full supervision when its value of ``metric`` is known.
 
     Parameters
     ----------
@@ -126,31 +129,40 @@ def plot_learning_curves(
     """
     if not records:
         raise ValueError("plot_learning_curves: no records to plot.")
-    fig = _figure(figsize=(6.4, 4.4))
+    fig = _figure(figsize=(8.8, 4.6))
     ax = fig.subplots()
     means = []
+    runs = _runs(records)
     for strategy, label in _labels(records).items():
         c = curve(records, strategy, metric=metric)
-        means.extend(c.mean[c.complete].tolist())
-        _plot_mean_band(ax, c, style=_style(strategy), label=label, floor=0.0, ceiling=1.0)
+        style = _style(strategy)
+        for run in runs.get(strategy, {}).values():
+            xs = [100 * r["cost"] for r in run if r.get(metric) is not None]
+            ys = [float(r[metric]) for r in run if r.get(metric) is not None]
+            ax.plot(xs, ys, color=style["color"], linestyle=style["linestyle"], linewidth=0.6, alpha=0.35)
+            means.extend(ys)
+        x = 100 * c.grid[c.complete]
+        if len(x):
+            ax.plot(x, c.mean[c.complete], label=label, markersize=4, linewidth=1.8,
+                    markevery=max(1, len(x) // 15), **style)
     name = METRIC_NAMES.get(metric, metric)
     if full_supervision and full_supervision.get(metric) is not None:
         value = float(full_supervision[metric])
         means.append(value)
-        ax.axhline(value, color="tab:green", linestyle="-.", linewidth=1.2,
+        ax.axhline(value, color="#555555", linestyle=(0, (1, 1)), linewidth=1.2,
                    label=f"full supervision ({value:.3f})")
     if means:
-        # The axis follows the curves; a wide band of few seeds is cut at the frame, not the reverse.
+        # Every seed's curve inside the frame: nothing is cut.
         low, high = min(means), max(means)
-        pad = max(0.02, 0.1 * (high - low))
+        pad = max(0.01, 0.05 * (high - low))
         ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) if high <= 1.0 else high + pad)
     n_seeds = sorted({len(by_seed) for by_seed in _runs(records).values()})
     seeds_text = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
     ax.set_xlabel("annotation cost (% of training pixels revealed)")
     ax.set_ylabel(name)
-    ax.set_title(title or f"{name} against annotation cost (mean over {seeds_text} seed(s), band: 95 % interval)")
+    ax.set_title(title or f"{name} against annotation cost (thick: mean over {seeds_text} seed(s); thin: each seed)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right" if metric != "voe" else "upper right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)
 
 
