@@ -71,28 +71,6 @@ def _style(strategy: str) -> dict:
             "marker": _MARKERS[code % len(_MARKERS)]}
 
 
-def _plot_mean_band(ax, c, *, style, label, floor: float | None = None, ceiling: float | None = None) -> None:
-    """Mean over seeds where every seed is defined, with a 95 % confidence band (two or more seeds).
-
-    The band is the t-interval of the mean over seeds, clipped at ``floor`` for quantities that
-    cannot be negative.
-    """
-    from scipy import stats
-
-    x = 100 * c.grid[c.complete]
-    mean = c.mean[c.complete]
-    std = c.std[c.complete]
-    if len(x) == 0:
-        return
-    ax.plot(x, mean, label=label, markersize=4, linewidth=1.6, markevery=max(1, len(x) // 15), **style)
-    n = len(c.seeds)
-    if n >= 2:
-        half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
-        low = mean - half if floor is None else np.maximum(mean - half, floor)
-        high = mean + half if ceiling is None else np.minimum(mean + half, ceiling)
-        ax.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0)
-
-
 def plot_learning_curves(
     records: Sequence[dict],
     path: str | os.PathLike,
@@ -170,7 +148,7 @@ def plot_cluster_criteria(records: Sequence[dict], path: str | os.PathLike) -> P
     """Fig. 5: mean cluster uncertainty (CU) and cluster diversity (CD) per round against cost.
 
     One panel per criterion, one line per strategy that records it, against the cost at which each
-    round's query was made (mean over seeds; 95 % band, never below 0, with two or more seeds).
+    round's query was made (mean over seeds), with one legend outside both panels.
 
     Parameters
     ----------
@@ -192,20 +170,27 @@ def plot_cluster_criteria(records: Sequence[dict], path: str | os.PathLike) -> P
     strategies = [s for s in labels if s in has["cu"] or s in has["cd"]]
     if not strategies:
         return None
-    fig = _figure(figsize=(10, 4))
+    fig = _figure(figsize=(11, 4))
     axes = fig.subplots(1, 2, sharex=True)
+    handles = {}
     for ax, metric in zip(axes, ("cu", "cd")):
         for strategy in has[metric]:
-            _plot_mean_band(ax, curve(records, strategy, metric=metric), style=_style(strategy),
-                            label=labels[strategy], floor=0.0)
-        ax.set_xlabel("annotation cost after the round (% of training pixels revealed)")
+            c = curve(records, strategy, metric=metric)
+            x = 100 * c.grid[c.complete]
+            if len(x):
+                (line,) = ax.plot(x, c.mean[c.complete], markersize=3, linewidth=1.4,
+                                  markevery=max(1, len(x) // 12), **_style(strategy))
+                handles.setdefault(labels[strategy], line)
+        ax.set_xlabel("cost after the round (% of pixels revealed)")
         ax.set_ylabel(f"mean {METRIC_NAMES[metric]}")
-        ax.set_title(f"Mean {METRIC_NAMES[metric]} per round")
+        ax.set_title(f"Mean {METRIC_NAMES[metric]} per round (mean over seeds)", fontsize=10)
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-        else:
+        if not has[metric]:
             ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", va="center")
+    # One legend for both panels, outside them: it covers no curve.
+    fig.legend(list(handles.values()), list(handles), fontsize="small", loc="upper left",
+               bbox_to_anchor=(1.0, 0.95), frameon=False)
     return _save(fig, path)
 
 
@@ -341,5 +326,7 @@ def plot_paired_differences(comparison: Sequence[dict], path: str | os.PathLike,
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y)
     axes[0].set_yticklabels([f"{r['label']} (n={r['aubc']['n']})" for r in rows])
-    fig.suptitle(f"Paired by seed: strategy minus {baseline_label}, mean and 95 % interval", fontsize=10)
+    fig.suptitle(f"Paired by seed: strategy minus {baseline_label}, mean and 95 % interval\n"
+                 "green: interval above 0 (better), red: below 0 (worse), grey: crosses 0 (no detectable "
+                 "difference)", fontsize=9)
     return _save(fig, path)
