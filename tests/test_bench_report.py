@@ -419,5 +419,7 @@ def test_the_report_answers_in_one_sentence_and_says_when_evidence_is_thin():
     assert "FocAnnot beats Random" in win and "IU does worse" in win
     two = answer_sentence([row("IU", "no detectable difference", -0.07, -1.35, 1.21, n=2)], baseline_label="Random")
     assert "too thin" in two and "2 seed" in two
+    one = answer_sentence([row("IU", "too few seeds", 0.02, float("nan"), float("nan"), n=1)], baseline_label="Random")
+    assert one.startswith("**Answer:** not yet") and "IU" in one
     wide = answer_sentence([row("IU", "no detectable difference", 0.001, -0.08, 0.082)], baseline_label="Random")
     assert "too thin" in wide and "±0.081" in wide
