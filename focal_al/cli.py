@@ -65,7 +65,7 @@ def _csv(kind):
               help="quick: built-in synthetic data, small net (~5 min on 2 CPU cores); glas-cpu: GlaS at half "
                    "resolution (about 11 min per strategy and seed on one thread); paper: full resolution, width 64 (GPU).")
 @click.option("--dataset", type=click.Choice(["synthetic", "glas", "folder"]), help="Data source.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="GlaS release folder (default: ../shared/data/glas).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="GlaS release folder (default: $FOCAL_AL_GLAS_DIR, else ../shared/data/glas).")
 @click.option("--split", type=click.Choice(["mixed", "testA", "testB"]),
               help="GlaS train/test pair: Mixed (seeded 80/20 of all 165), or train vs testA / testB.")
 @click.option("--images-dir", type=click.Path(exists=True, file_okay=False),
@@ -167,6 +167,13 @@ def bench(preset, resume, accept_replay_drift, grid, full_supervision, quiet, ou
         if options.get("images_dir") and not options.get("masks_dir") and options.get("mask_suffix"):
             options["masks_dir"] = options["images_dir"]  # masks beside their images, told apart by the suffix
         config = preset_config(preset, out_dir=out_dir or f"bench-out/{preset}", threads=threads, **options).validate()
+        if config.dataset != "synthetic" and preset == "quick" and options.get("width") is None \
+                and options.get("epochs") is None:
+            import warnings
+
+            warnings.warn("--preset quick trains a tiny network (width 8, 30-50 steps a round) sized for the built-in "
+                          "synthetic images; on your own images its curves can fall round after round. Use --preset "
+                          "glas-cpu (width 16, 250-500 steps a round) or set --width and --epochs.", UserWarning)
         if grid:
             for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet, jobs=jobs,
                                  accept_drift=accept_replay_drift):

@@ -318,6 +318,14 @@ def test_cli_reads_folders_with_a_mask_suffix_and_says_what_it_read(tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "Read 4 training images (48x48 px" in result.output and "objects per mask" in result.output
     assert "2 test images" in result.output
+    # --masks-dir defaults to --images-dir with a suffix; the quick preset's tiny network is flagged.
+    args = ["bench", "--dataset", "folder", "--images-dir", str(folder), "--mask-suffix", "_label",
+            "--test-fraction", "0.34", "--patch-size", "16", "--train-steps", "1", "--initial-train-steps", "1",
+            "--max-train-steps", "2", "--step", "0.1", "--budget", "0.4", "--strategies", "random-patch", "--seeds",
+            "0", "--no-full-supervision", "--out-dir", str(tmp_path / "o2")]
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "Warning: --preset quick trains a tiny network" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_a_one_image_test_set_is_flagged(tmp_path):

@@ -317,3 +317,17 @@ def test_glas_errors(glas_bmp_dir, tmp_path):
         load_glas(tmp_path, "testB")
     with pytest.raises(ValueError, match="'test_fraction' parameter of load_glas"):
         load_glas(tmp_path, "mixed-test", test_fraction=1.0)
+
+
+def test_the_default_glas_folder_follows_the_environment_then_the_working_directory(tmp_path, monkeypatch):
+    from focal_al.bench.config import DEFAULT_GLAS_DIR, default_glas_dir
+
+    monkeypatch.setenv("FOCAL_AL_GLAS_DIR", str(tmp_path / "mine"))
+    assert default_glas_dir() == tmp_path / "mine"
+    monkeypatch.delenv("FOCAL_AL_GLAS_DIR")
+    (tmp_path / "shared" / "data" / "glas").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert default_glas_dir().resolve() == (tmp_path / "shared" / "data" / "glas").resolve()
+    monkeypatch.chdir(tmp_path)
+    assert default_glas_dir() == DEFAULT_GLAS_DIR  # an installed package: the source tree's, if any

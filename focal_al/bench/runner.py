@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 from skorch.callbacks import Callback
 
-from focal_al.bench.config import DEFAULT_GLAS_DIR, GRID, BenchConfig, BenchStrategy, resolve_strategy
+from focal_al.bench.config import GRID, BenchConfig, BenchStrategy, default_glas_dir, resolve_strategy
 from focal_al.bench.records import atomic_write_json
 
 STATE_VERSION = 1
@@ -88,7 +88,7 @@ def load_data(config: BenchConfig):
         full = datasets.make_synthetic(config.n_images, size=(config.image_size, config.image_size), seed=0)
         train, test = _split(full, config.test_fraction)
     elif config.dataset == "glas":
-        root = Path(config.data_dir) if config.data_dir else DEFAULT_GLAS_DIR
+        root = Path(config.data_dir) if config.data_dir else default_glas_dir()
         if config.split == "mixed":
             train, test = datasets.load_glas(root, "mixed-train"), datasets.load_glas(root, "mixed-test")
         else:
