@@ -342,7 +342,9 @@ def _font(size: int):
 
 
 def draw_overview(image, regions, *, max_side: int = 1200) -> bytes:
-    """PNG of an image with its regions outlined and numbered by rank.
+    """PNG of an image with its regions outlined and labelled with their names, as QuPath shows them.
+
+    ``R1-002`` is round 1, rank 2 (1 = most uncertain).
 
     Parameters
     ----------
@@ -371,7 +373,7 @@ def draw_overview(image, regions, *, max_side: int = 1200) -> bytes:
     for r in regions:
         x0, y0, x1, y1 = (v * factor for v in r.box)
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=line)
-        label = str(r.rank)
+        label = r.name
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
         draw.rectangle([x0, y0, x0 + right - left + 2 * line, y0 + bottom - top + 2 * line], fill=colour)
         draw.text((x0 + line - left, y0 + line - top), label, fill=(0, 0, 0), font=font)
