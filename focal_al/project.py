@@ -122,9 +122,10 @@ def _sha256(path: Path) -> str:
                 digest.update(block)
         else:
             digest.update(f"size {size}".encode())
-            digest.update(fh.read(_FINGERPRINT_BYTES))
-            fh.seek(size - _FINGERPRINT_BYTES)
-            digest.update(fh.read(_FINGERPRINT_BYTES))
+            for start in (0, size - _FINGERPRINT_BYTES):  # read in 1 MiB blocks: no 16 MiB buffers
+                fh.seek(start)
+                for _ in range(_FINGERPRINT_BYTES >> 20):
+                    digest.update(fh.read(1 << 20))
     return digest.hexdigest()
 
 
