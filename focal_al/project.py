@@ -1140,6 +1140,8 @@ class AnnotationProject:
                 strategy = "focannot-streaming"
             if strategy != "random-patch":
                 scorer, scores_path = self._distributed_scorer(net, scheduler, workers, round_)
+        if strategy == "random-patch" and scorer is None:
+            scorer = _no_scores  # random regions read no score: no pass of the (maybe untrained) network
         learner = self.learner(net, strategy=strategy, strategy_params=strategy_params, round_=round_, scorer=scorer)
         pool = self.store.patches
         try:
@@ -1588,6 +1590,15 @@ class AnnotationProject:
             _atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
             written += [mask_file, geojson_file]
         return written
+
+
+def _no_scores(learner, X_pool, rows):
+    """Pool scores of zeros, for strategies that read none (random regions): no network pass."""
+    from focal_al.scores import PoolScores
+
+    zeros = np.zeros(len(rows), dtype=np.float32)
+    return PoolScores(entropy=zeros, margin=zeros, least_confidence=zeros,
+                      descriptors=np.zeros((len(rows), 1), dtype=np.float32))
 
 
 def _scaled_features(features, factor: float) -> list:

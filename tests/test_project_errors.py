@@ -336,3 +336,15 @@ def test_a_wrongly_answered_region_can_be_reopened_and_answered_again(project, t
     for bad, message in ((["R9-999"], "asked no region"), ([project.open_regions()[0].name], "not answered")):
         refused = CliRunner().invoke(main, ["project", "reopen", str(project.path), *bad])
         assert refused.exit_code != 0 and message in refused.output and "Traceback" not in refused.output
+
+
+def test_a_random_round_never_runs_the_network(template, tmp_path, monkeypatch):
+    from focal_al.estimator import SegmentationNet
+
+    folder, _ = template
+    project = AnnotationProject.create(tmp_path / "fresh", [folder / "images"], patch_size=16, overlap=0.5,
+                                       scale=0.5, width=4, depth=2, train_steps=2)
+    monkeypatch.setattr(SegmentationNet, "score_pool", lambda *a, **k: pytest.fail("scored a random round"))
+    project.query(3)  # nothing labelled: random regions
+    assert len(project.open_regions()) == 3
+    assert project.state["rounds"][0]["strategy"] == "random-patch"
