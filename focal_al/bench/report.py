@@ -542,7 +542,8 @@ def answer_sentence(comparison: Sequence[dict], *, baseline_label: str) -> str:
         return f"**Answer:** no strategy to compare with {baseline_label} in this folder yet."
     if all(c["verdict"] == "too few seeds" for c in comparison):
         return (f"**Answer:** not yet: no strategy has two seeds paired with {baseline_label} "
-                f"({', '.join(_cell(c['label']) for c in comparison)} have one); three are needed to say anything.")
+                f"({', '.join(_cell(c['label']) for c in comparison)} {'has' if len(comparison) == 1 else 'have'} "
+                "one); three are needed to say anything.")
     better = [c for c in comparison if c["verdict"] == "better"]
     worse = [c for c in comparison if c["verdict"] == "worse"]
     seeds = min(int(c["aubc"]["n"]) for c in comparison)
