@@ -217,7 +217,8 @@ def project():
 #: The library's words for what a user types on the command line.
 _CLI_WORDS = (("pass overwrite=True", "pass --overwrite"), ("overwrite=True", "--overwrite"),
               ("or pass client=None", "or leave out --scheduler"), ("pass level=", "pass --level"),
-              ("or pass image=", "or pass --image"), ("level=", "--level "), ("mpp=", "--mpp "),
+              ("or pass image=", "or pass --image"), ("Got level=", "Got --level "), (", mpp=", ", --mpp "),
+              ("so mpp=", "so --mpp "), ("provides mpp=", "provides --mpp "),
               ("n_instances", "--n"), ("'images_dir'", "--images-dir"), ("'masks_dir'", "--masks-dir"))
 
 

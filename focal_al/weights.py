@@ -16,7 +16,7 @@ import os
 import pickle
 from pathlib import Path
 
-__all__ = ["FORMAT", "write_weights", "read_weights", "read_weights_file"]
+__all__ = ["FORMAT", "write_weights", "read_metadata", "read_weights", "read_weights_file"]
 
 #: The metadata marker of files written by :func:`write_weights`.
 FORMAT = "focal-al-weights-1"
@@ -92,6 +92,22 @@ def write_weights(path, module_state: dict, optimizer_state: dict | None = None,
 def _is_safetensors(head: bytes) -> bool:
     # 8 bytes of little-endian header length, then the JSON header.
     return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
+
+
+def read_metadata(path) -> dict:
+    """A weights file's metadata without reading its tensors ({} for an older ``torch.save`` file)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not _is_safetensors(head):
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"The weights file '{path}' is damaged or truncated ({exc}).") from exc
 
 
 def read_weights(path, *, device="cpu") -> tuple[dict, dict | None]:

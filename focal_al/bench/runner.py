@@ -326,11 +326,11 @@ def load_checkpoint(learner, path: Path) -> None:
     """Restore a run's learner from its checkpoint: ``PatchActiveLearner.save``'s file (labelled rows,
     revealed pixels, labels, weights, optimiser), or an older ``torch.save`` of the weights and the
     optimiser, whose learner state the caller restores first from ``state.json``."""
-    from focal_al.weights import read_weights_file
+    from focal_al.weights import read_metadata
 
     try:
         learner.estimator.initialize()
-        if read_weights_file(path)[3].get("learner"):
+        if read_metadata(path).get("learner"):
             learner.load(path)
         else:
             learner.estimator.load_weights(path, optimizer=True)
