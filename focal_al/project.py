@@ -5,33 +5,12 @@ A project turns a folder of unlabelled images into rounds of FocAnnot queries an
 :class:`focal_al.learner.PatchActiveLearner`: ``query`` picks patches, ``teach`` records the
 imported labels; the project only keeps the learner's state between sessions, as data.
 
-Layout of a project folder::
-
-    project.json          configuration, written once by init: images (absolute paths, SHA-256,
-                          sizes, role), patch geometry, scale, strategy, network
-    state.json            the commit point: rounds (asked / answered pool rows), label and weight
-                          files in use
-    pool.h5               the PatchStore of the pool images at the network's scale
-    labels/<name>.<g>.png full-resolution class labels (0 background, 1 gland, 255 not annotated)
-    validation/<name>.png full-resolution labels of the held-out validation images
-    .lock                 held (flock) by a command that commits, so that two cannot interleave
-    weights/<g>.pt        the network's state_dict (loaded with ``weights_only=True``)
-    rounds/round-NNN/     the exports of round NNN: regions.csv, geojson/, napari/, overview/, crops/
-
-Every command writes new files under new names, then replaces ``state.json`` atomically: a
-command killed at any point leaves the project as it was (files it had written are unreferenced
-and removed by the next command), and running it again continues. Coordinates in every file are
-pixels of the original images, whatever ``scale`` the network works at.
+The folder's format (layout, schema, locks, atomic writes) is :mod:`focal_al.project_folder`.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import io
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -55,36 +34,44 @@ from focal_al.annotations import (
     region_feature,
     regions_csv,
 )
-from focal_al.files import readable, remove_stale_temporaries
+from focal_al.files import readable
+from focal_al.project_folder import (
+    FORMAT,
+    FORMAT_VERSION,
+    IGNORE,
+    ImageChangedError,
+    ProjectError,
+    CONFIG_SCHEMA,
+    OWN_FILE,
+    ROUND_FOLDER,
+    STATE_SCHEMA,
+    TEMPORARY,
+    atomic_write_bytes,
+    building,
+    check_schema,
+    committing_command,
+    fsync_tree,
+    is_slide,
+    list_images,
+    locked,
+    match_masks,
+    png_bytes,
+    read_json,
+    read_png,
+    reading_command,
+    file_sha256,
+    write_json,
+    write_project_files,
+)
 
 __all__ = ["AnnotationProject", "ImportReport", "ProjectError", "ImageChangedError"]
 
-FORMAT = "focal_al.project"
-FORMAT_VERSION = 1
-IGNORE = 255
-_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".svs", ".ndpi", ".scn")
 #: Pools larger than this many patches are scored on Dask workers and queried with the streaming
 #: FocAnnot, whatever ``query`` is told (one process holding every descriptor would not fit).
 LARGE_POOL = 500_000
-#: Stems that mark a mask beside its image in a folder (``img01_label.png`` next to ``img01.png``).
-_MASK_SUFFIXES = ("_label", "_labels", "_mask", "_masks", "_anno", "_annotation", "_gt")
 # A GeoJSON coordinate may sit on the image border (x == W); allow QuPath's float rounding beyond
 # it, no more: a larger excess means another coordinate frame.
 _FRAME_TOLERANCE = 1.0
-
-
-#: The names of the files and folders a project writes (so that clean-up touches nothing else).
-_OWN_FILE = re.compile(r"^(?P<stem>.+)\.(?P<generation>\d+)\.(?P<suffix>png|pt|safetensors)$")
-_ROUND = re.compile(r"^round-\d{3,}$")
-_TEMPORARY = re.compile(r"^\..+\.tmp$")
-
-
-class ProjectError(ValueError):
-    """A project folder, or a request on it, that cannot be carried out as it stands."""
-
-
-class ImageChangedError(ProjectError):
-    """An image file differs from the one the project was initialised with."""
 
 
 @dataclass
@@ -105,45 +92,6 @@ class ImportReport:
     answered: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     not_asked: list = field(default_factory=list)
-
-
-#: Files larger than this (whole-slide images) are fingerprinted by their size, first and last
-#: ``_FINGERPRINT_BYTES``: hashing a lab's gigabytes of slides at every command would take minutes.
-_FULL_HASH_LIMIT = 64 << 20
-_FINGERPRINT_BYTES = 16 << 20
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    size = Path(path).stat().st_size
-    with open(path, "rb") as fh:
-        if size <= _FULL_HASH_LIMIT:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        else:
-            digest.update(f"size {size}".encode())
-            for start in (0, size - _FINGERPRINT_BYTES):  # read in 1 MiB blocks: no 16 MiB buffers
-                fh.seek(start)
-                for _ in range(_FINGERPRINT_BYTES >> 20):
-                    digest.update(fh.read(1 << 20))
-    return digest.hexdigest()
-
-
-def _is_slide(path: Path) -> bool:
-    """A whole-slide image: an SVS file, or a TIFF with a pyramid (more than one level)."""
-    suffix = path.suffix.lower()
-    if suffix in (".svs", ".ndpi", ".scn"):
-        return True
-    if suffix not in (".tif", ".tiff"):
-        return False
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0] if tif.series else None
-            return bool(series is not None and (len(series.levels) > 1 or tif.pages[0].subifds))
-    except Exception:  # unreadable: the image reader names the problem
-        return False
 
 
 def _seed(*parts) -> int:
@@ -173,233 +121,6 @@ def _downsample_labels(labels: np.ndarray, shape) -> np.ndarray:
     return labels[np.ix_(_sample_rows(shape[0], labels.shape[0]), _sample_rows(shape[1], labels.shape[1]))]
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        if img.format != "PNG":
-            raise ValueError(f"it is a {img.format} file, not a PNG")
-        img.load()  # a truncated file fails here, not later as black pixels
-        return np.asarray(img)
-
-
-def _read_json(path: Path):
-    """A project file's JSON, or a ProjectError naming the file."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProjectError(f"Project file '{path}' is missing; restore it from a backup.") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ProjectError(f"Project file '{path}' is damaged (truncated or not JSON: {err}); restore it from a "
-                           "backup.") from err
-
-
-def _check_schema(path: Path, data, schema: dict, where: str = "") -> None:
-    """Refuse a project file whose keys or types are not the format's, naming the file and the key."""
-    if not isinstance(data, dict):
-        raise ProjectError(f"Project file '{path}' is damaged: {where or 'the file'} is a {type(data).__name__}, "
-                           "expected a JSON object. Restore it from a backup.")
-    for key, kind in schema.items():
-        if key not in data:
-            raise ProjectError(f"Project file '{path}' is damaged: key {where + key!r} is missing. Restore it from a "
-                               "backup.")
-        value = data[key]
-        if isinstance(kind, dict):
-            _check_schema(path, value, kind, f"{where}{key}.")
-        elif isinstance(kind, list):
-            if not isinstance(value, list):
-                raise ProjectError(f"Project file '{path}' is damaged: {where + key!r} is a {type(value).__name__}, "
-                                   "expected a list. Restore it from a backup.")
-            for k, item in enumerate(value):
-                if isinstance(kind[0], dict):
-                    _check_schema(path, item, kind[0], f"{where}{key}[{k}].")
-                elif not _is(item, kind[0]):
-                    raise ProjectError(f"Project file '{path}' is damaged: {where}{key}[{k}] is {item!r}, expected "
-                                       f"{kind[0].__name__}. Restore it from a backup.")
-        elif not _is(value, kind):
-            raise ProjectError(f"Project file '{path}' is damaged: {where + key!r} is {value!r}, expected "
-                               f"{getattr(kind, '__name__', kind)}. Restore it from a backup.")
-
-
-def _is(value, kind) -> bool:
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is _OPTIONAL_WEIGHTS:
-        return value is None or (isinstance(value, dict) and isinstance(value.get("file"), str)
-                                 and _is(value.get("steps"), int) and _is(value.get("labels_generation"), int))
-    return isinstance(value, kind)
-
-
-_OPTIONAL_WEIGHTS = object()
-_CONFIG_SCHEMA = {
-    "images": [{"name": str, "path": str, "sha256": str, "height": int, "width": int, "role": str}],
-    "patch_size": int, "overlap": float, "scale": float, "strategy": str, "strategy_params": dict,
-    "network": {"width": int, "depth": int, "lr": float, "batch_size": int, "train_steps": int},
-    "seed": int, "mask_suffix": str,
-}
-_STATE_SCHEMA = {
-    "generation": int, "labels": dict, "labels_generation": int, "initial": [int],
-    "rounds": [{"round": int, "strategy": str, "strategy_params": dict, "asked": [int], "scores": [float],
-                "answered": [int]}],
-    "weights": _OPTIONAL_WEIGHTS,
-}
-
-
-def _list_images(sources, mask_suffix: str) -> dict:
-    """Image files named by ``sources`` (files or folders), keyed by stem, in natural order."""
-    from focal_al.datasets import _natural_key
-
-    files = {}
-    for source in sources:
-        source = Path(source)
-        if source.is_dir():
-            found = [p for p in sorted(source.iterdir())
-                     if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
-                     and not (mask_suffix and p.stem.endswith(mask_suffix))]
-            # A folder of images with their masks beside them: <stem>_label.png etc. are not images.
-            stems = {p.stem for p in found}
-            found = [p for p in found if not any(p.stem.endswith(s) and p.stem[: -len(s)] in stems
-                                                 for s in _MASK_SUFFIXES)]
-        elif source.is_file():
-            found = [source]
-        else:
-            raise FileNotFoundError(f"Image source '{source}' is neither a file nor a folder.")
-        for path in found:
-            if path.stem in files and files[path.stem].resolve() != path.resolve():
-                raise ProjectError(
-                    f"Two images share the name {path.stem!r}: '{files[path.stem]}' and '{path}'; "
-                    f"image names (file stems) must be unique."
-                )
-            files[path.stem] = path
-    if not files:
-        raise FileNotFoundError(f"No images ({', '.join(_IMAGE_SUFFIXES)}) in {[str(s) for s in sources]}.")
-    return {k: files[k] for k in sorted(files, key=_natural_key)}
-
-
-def _match_masks(folder, names, mask_suffix: str, what: str) -> tuple:
-    """Mask files of ``folder`` keyed by the image they annotate (``<name><mask_suffix>.<ext>``), and the others."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"The {what} folder '{folder}' does not exist.")
-    found, unknown = {}, []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in _IMAGE_SUFFIXES or path.name.startswith("."):
-            continue
-        stem = path.stem
-        if mask_suffix:
-            if not stem.endswith(mask_suffix):
-                continue
-            stem = stem[: -len(mask_suffix)]
-        if stem in names:
-            found[stem] = path
-        else:
-            unknown.append(path.name)
-    if unknown and not found:
-        hint = (" (pass --mask-suffix \"\" if the masks are named exactly like their images)" if mask_suffix else
-                next((f" (pass --mask-suffix {s} if the masks are named <image>{s}.png)" for s in _MASK_SUFFIXES
-                      if any(Path(u).stem.endswith(s) for u in unknown)), ""))
-        raise AnnotationError(
-            f"No file in the {what} folder '{folder}' matches a project image: found {unknown[:5]}, "
-            f"expected '<image name>{mask_suffix}.png' for images such as {list(names)[:3]}{hint}."
-        )
-    lossy = [p.name for p in found.values() if p.suffix.lower() in (".jpg", ".jpeg")]
-    if lossy:
-        raise AnnotationError(
-            f"The {what} folder '{folder}' holds JPEG masks {lossy[:5]}: JPEG compression invents label values along "
-            f"every edge. Export the masks as PNG (or TIFF, BMP)."
-        )
-    return found, unknown
-
-
-@contextlib.contextmanager
-def _building(path: Path):
-    """Yield a new project folder under a hidden temporary name next to ``path``; when the block ends
-    it is flushed and renamed into place, and on any error removed: ``path`` never holds half a project."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = readable(Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)), directory=True)
-    try:
-        (tmp / "labels").mkdir()
-        (tmp / "validation").mkdir()
-        yield tmp
-        _fsync_tree(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_project_files(folder: Path, config: dict, *, labels=None, initial=()) -> None:
-    """A new project's ``project.json`` and its first ``state.json``."""
-    state = {"format": f"{FORMAT}.state", "generation": 0, "labels": dict(labels or {}), "labels_generation": 0,
-             "initial": list(initial), "rounds": [], "weights": None}
-    _write_json(folder / "project.json", config)
-    _write_json(folder / "state.json", state)
-
-
-@contextlib.contextmanager
-def _locked(path: Path, *, exclusive: bool):
-    """Hold the project's advisory lock (exclusive to commit, shared to read), or refuse at once."""
-    with open(Path(path) / ".lock", "a") as lock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no advisory locks, commands must not overlap
-            fcntl = None
-        if fcntl is not None:
-            try:
-                fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ProjectError(
-                    f"Another focal-al command is working on project '{path}'; run this one when it ends."
-                ) from None
-        yield
-
-
-def _reading(method):
-    """Run a command that only reads, under a shared lock, on the state as it is now: a committing
-    command beside it would otherwise delete the label files it is reading."""
-
-    @functools.wraps(method)
-    def shared(self, *args, **kwargs):
-        with _locked(self.path, exclusive=False):
-            state = _read_json(self.path / "state.json")
-            _check_schema(self.path / "state.json", state, _STATE_SCHEMA)
-            self.state = state
-            return method(self, *args, **kwargs)
-
-    return shared
-
-
-def _exclusive(method):
-    """Run a command that commits with the project locked, on the state it was opened with.
-
-    Two commands committing at once would each replace ``state.json`` with their own successor of
-    the same state, and one of them would be lost.
-    """
-
-    @functools.wraps(method)
-    def locked(self, *args, **kwargs):
-        with _locked(self.path, exclusive=True):
-            on_disk = json.loads((self.path / "state.json").read_text(encoding="utf-8"))
-            if on_disk.get("generation") != self.state["generation"]:
-                raise ProjectError(
-                    f"Project '{self.path}' was changed by another command since it was opened here; open it again."
-                )
-            return method(self, *args, **kwargs)
-
-    return locked
-
-
 class AnnotationProject:
     """An annotation project folder; open an existing one with ``AnnotationProject(path)``.
 
@@ -427,19 +148,19 @@ class AnnotationProject:
                 f"'{self.path}' is not a focal-al project: '{config_file}' is missing "
                 f"(create one with `focal-al project init`)."
             )
-        self.config = _read_json(config_file)
+        self.config = read_json(config_file)
         if self.config.get("format") != FORMAT or self.config.get("format_version") != FORMAT_VERSION:
             raise ProjectError(
                 f"'{config_file}' has format {self.config.get('format')!r} version "
                 f"{self.config.get('format_version')!r}; expected {FORMAT!r} version {FORMAT_VERSION}."
             )
-        _check_schema(config_file, self.config, _CONFIG_SCHEMA)
-        self.state = _read_json(self.path / "state.json")
+        check_schema(config_file, self.config, CONFIG_SCHEMA)
+        self.state = read_json(self.path / "state.json")
         if self.state.get("format") != f"{FORMAT}.state":
             raise ProjectError(
                 f"'{self.path / 'state.json'}' has format {self.state.get('format')!r}; expected {FORMAT}.state."
             )
-        _check_schema(self.path / "state.json", self.state, _STATE_SCHEMA)
+        check_schema(self.path / "state.json", self.state, STATE_SCHEMA)
         self._images = {entry["name"]: entry for entry in self.config["images"]}
         self._check_images()
         self._store = None
@@ -565,9 +286,9 @@ class AnnotationProject:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(f"Project folder '{path}' already exists and is not empty.")
 
-        files = _list_images(images if isinstance(images, (list, tuple)) else [images], mask_suffix)
+        files = list_images(images if isinstance(images, (list, tuple)) else [images], mask_suffix)
         names = list(files)
-        slides = [n for n in names if _is_slide(files[n])]
+        slides = [n for n in names if is_slide(files[n])]
         if slides:
             if len(slides) != len(names):
                 raise ProjectError(f"A project holds images or whole-slide images, not both: {slides[:3]} are slides, "
@@ -591,35 +312,35 @@ class AnnotationProject:
                                "slides (use --scale).")
         validation = {}
         if validation_masks:
-            validation = _match_masks(validation_masks, names, mask_suffix, "validation masks")[0]
+            validation = match_masks(validation_masks, names, mask_suffix, "validation masks")[0]
         if masks and validation:
-            both = sorted(set(_match_masks(masks, names, mask_suffix, "masks")[0]) & set(validation))
+            both = sorted(set(match_masks(masks, names, mask_suffix, "masks")[0]) & set(validation))
             if both:
                 raise ProjectError(f"Image(s) {both[:5]} have a mask in both --masks and --validation-masks; an image "
                                    "is either labelled in the pool or held out to validate, not both.")
         pool_names = [n for n in names if n not in validation]
         if not pool_names:
             raise ProjectError("Every image has a validation mask; keep at least one image in the pool to annotate.")
-        initial = _match_masks(masks, pool_names, mask_suffix, "masks")[0] if masks else {}
+        initial = match_masks(masks, pool_names, mask_suffix, "masks")[0] if masks else {}
 
-        with _building(path) as tmp:
+        with building(path) as tmp:
             entries, scaled, labels_scaled, label_files = [], [], [], {}
             for name in names:
                 image = _read_image(files[name])
                 shape = image.shape[:2]
                 role = "validation" if name in validation else "pool"
-                entries.append({"name": name, "path": str(files[name].resolve()), "sha256": _sha256(files[name]),
+                entries.append({"name": name, "path": str(files[name].resolve()), "sha256": file_sha256(files[name]),
                                 "height": int(shape[0]), "width": int(shape[1]), "role": role})
                 if role == "validation":
                     labels = read_label_mask(validation[name], shape).astype(np.uint8)
-                    (tmp / "validation" / f"{name}.png").write_bytes(_png_bytes(labels))
+                    (tmp / "validation" / f"{name}.png").write_bytes(png_bytes(labels))
                     continue
                 small = _scaled_shape(shape, float(scale))
                 scaled.append(_resize_image(image, small))
                 if name in initial:
                     labels = read_label_mask(initial[name], shape).astype(np.uint8)
                     label_files[name] = f"labels/{name}.0.png"
-                    (tmp / label_files[name]).write_bytes(_png_bytes(labels))
+                    (tmp / label_files[name]).write_bytes(png_bytes(labels))
                     labels_scaled.append(_downsample_labels(labels, small))
                 else:
                     labels_scaled.append(np.full(small, IGNORE, dtype=np.uint8))
@@ -634,7 +355,7 @@ class AnnotationProject:
                             "batch_size": int(batch_size), "train_steps": int(train_steps)},
                 "seed": int(seed), "mask_suffix": mask_suffix,
             }
-            _write_project_files(tmp, config, labels=label_files, initial=initial_rows.tolist())
+            write_project_files(tmp, config, labels=label_files, initial=initial_rows.tolist())
         return cls(path)
 
     @classmethod
@@ -644,7 +365,7 @@ class AnnotationProject:
         from focal_al.slides import load_slides, open_slide
 
         names = list(files)
-        with _building(path) as tmp:
+        with building(path) as tmp:
             store = load_slides([files[n] for n in names], tmp / "pool.h5", patch_size=patch_size, overlap=overlap,
                                 level=level, mpp=mpp, min_tissue=min_tissue, names=names)
             entries = []
@@ -657,12 +378,12 @@ class AnnotationProject:
                         f"Slide '{files[name]}' at the level chosen is {frame[1]} x {frame[0]} pixels, above the "
                         f"{max_image_pixels():,} a project keeps labels for; choose a coarser level (--mpp, --level)."
                     )
-                entries.append({"name": name, "path": str(files[name].resolve()), "sha256": _sha256(files[name]),
+                entries.append({"name": name, "path": str(files[name].resolve()), "sha256": file_sha256(files[name]),
                                 "height": int(height), "width": int(width), "role": "pool", "kind": "slide",
                                 "downsample": float(store.image_downsamples[i]), "frame": list(frame)})
             config = {"format": FORMAT, "format_version": FORMAT_VERSION, "images": entries,
                       "patch_size": patch_size, "overlap": overlap, "scale": 1.0, **config_rest}
-            _write_project_files(tmp, config)
+            write_project_files(tmp, config)
         return cls(path)
 
     @classmethod
@@ -684,22 +405,22 @@ class AnnotationProject:
         config_file = path / "project.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"'{path}' is not a focal-al project: '{config_file}' is missing.")
-        config = _read_json(config_file)
-        _check_schema(config_file, config, _CONFIG_SCHEMA)
-        files = _list_images(images if isinstance(images, (list, tuple)) else [images], config["mask_suffix"])
+        config = read_json(config_file)
+        check_schema(config_file, config, CONFIG_SCHEMA)
+        files = list_images(images if isinstance(images, (list, tuple)) else [images], config["mask_suffix"])
         missing = [e["name"] for e in config["images"] if e["name"] not in files]
         if missing:
             raise ProjectError(f"The images {missing[:5]}{' ...' if len(missing) > 5 else ''} of project '{path}' are not "
                                f"in {[str(i) for i in (images if isinstance(images, (list, tuple)) else [images])]}; "
                                "nothing was changed.")
-        changed = [f"{files[e['name']]}" for e in config["images"] if _sha256(files[e["name"]]) != e["sha256"]]
+        changed = [f"{files[e['name']]}" for e in config["images"] if file_sha256(files[e["name"]]) != e["sha256"]]
         if changed:
             raise ImageChangedError(f"{changed[:5]} differ from the images project '{path}' was made from (another "
                                     "checksum); nothing was changed. Point it at the original files.")
         for entry in config["images"]:
             entry["path"] = str(files[entry["name"]].resolve())
-        with _locked(path, exclusive=True):
-            _write_json(config_file, config)
+        with locked(path, exclusive=True):
+            write_json(config_file, config)
         return cls(path)
 
     # ------------------------------------------------------------------------------- reading
@@ -712,7 +433,7 @@ class AnnotationProject:
                     f"Image '{file}' of project '{self.path}' is missing (image {entry['name']!r}); the project "
                     f"reads the images where they were at init: if they moved, `focal-al project relocate {self.path} --images NEW_FOLDER`."
                 )
-            digest = _sha256(file)
+            digest = file_sha256(file)
             if digest != entry["sha256"]:
                 raise ImageChangedError(
                     f"Image '{file}' has changed since the project was initialised (SHA-256 {digest[:12]}..., "
@@ -807,7 +528,7 @@ class AnnotationProject:
             return np.full(shape, IGNORE, dtype=np.uint8)
         path = self.path / file
         try:
-            labels = np.array(_read_png(path))
+            labels = np.array(read_png(path))
         except (OSError, ValueError, SyntaxError) as err:
             raise ProjectError(f"Label file '{path}' of image {name!r} cannot be read as a PNG ({err}); restore it "
                                "from a backup, or re-import that image's annotations.") from err
@@ -957,7 +678,7 @@ class AnnotationProject:
 
     def _commit(self, state) -> None:
         state = dict(state, generation=self.state["generation"] + 1)
-        _write_json(self.path / "state.json", state)
+        write_json(self.path / "state.json", state)
         self.state = state
         self._remove_unreferenced()
 
@@ -978,15 +699,15 @@ class AnnotationProject:
             for file in (self.path / folder).iterdir() if (self.path / folder).is_dir() else ():
                 if file in keep or not file.is_file():
                     continue
-                match = _OWN_FILE.match(file.name)
-                if (match and is_ours(match)) or _TEMPORARY.match(file.name):
+                match = OWN_FILE.match(file.name)
+                if (match and is_ours(match)) or TEMPORARY.match(file.name):
                     file.unlink()
         for file in self.path.glob(".*.tmp"):
             if file.is_file():
                 file.unlink()
         rounds = {f"round-{r['round']:03d}" for r in self.state["rounds"]}
         for folder in (self.path / "rounds").iterdir() if (self.path / "rounds").is_dir() else ():
-            if folder.is_dir() and folder.name not in rounds and (_ROUND.match(folder.name) or _TEMPORARY.match(folder.name)):
+            if folder.is_dir() and folder.name not in rounds and (ROUND_FOLDER.match(folder.name) or TEMPORARY.match(folder.name)):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def _file_name(self, folder: str, stem: str, suffix: str) -> str:
@@ -1017,7 +738,7 @@ class AnnotationProject:
         net.save_weights(self.path / file)
         return {"file": file, "labels_generation": self.state["labels_generation"], "steps": total}
 
-    @_exclusive
+    @committing_command
     def train(self, *, steps=None) -> dict:
         """Train the network on every labelled pixel (continuing from the saved weights).
 
@@ -1069,7 +790,7 @@ class AnnotationProject:
 
         return score, path
 
-    @_exclusive
+    @committing_command
     def query(self, n, *, strategy=None, strategy_params=None, crops=False, context=32, scheduler=None,
               workers=None) -> Path:
         """Ask for ``n`` regions: train if needed, score the pool once, export round r.
@@ -1186,7 +907,7 @@ class AnnotationProject:
                 if crops:
                     for g in own:
                         (tmp / "crops" / f"{g.name}.png").write_bytes(draw_crop(image, g, context=context))
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             if final.exists():
                 # Left by a query killed before its commit: the state never referred to it.
                 shutil.rmtree(final)
@@ -1204,7 +925,7 @@ class AnnotationProject:
             by_image.setdefault(g.image, []).append(g)
         return by_image
 
-    @_exclusive
+    @committing_command
     def import_masks(self, folder, *, mask_suffix=None) -> ImportReport:
         """Answer the open regions of the images that have a label mask in ``folder``.
 
@@ -1226,7 +947,7 @@ class AnnotationProject:
             raise ProjectError("A whole-slide project imports QuPath GeoJSON (`--geojson`), in level-0 pixels: a "
                                "full-resolution mask of a slide would not fit in memory.")
         suffix = self.config["mask_suffix"] if mask_suffix is None else mask_suffix
-        files, unknown = _match_masks(folder, set(self._images), suffix, "masks")
+        files, unknown = match_masks(folder, set(self._images), suffix, "masks")
         if not files:
             raise AnnotationError(f"The masks folder '{folder}' holds no mask named '<image>{suffix}.<ext>'.")
         open_by_image = self._open_by_image()
@@ -1240,7 +961,7 @@ class AnnotationProject:
             answers[name] = (open_by_image[name], foreground)
         return self._apply(answers, report, [str(f) for f in files.values()])
 
-    @_exclusive
+    @committing_command
     def import_geojson(self, files, *, image=None) -> ImportReport:
         """Answer open regions from QuPath GeoJSON exports (FeatureCollection or array of Features).
 
@@ -1387,7 +1108,7 @@ class AnnotationProject:
                 new_rows.append(r.pool_index)
                 report.answered.append(r.name)
             new_files[name] = self._file_name("labels", name, ".png")
-            _atomic_write_bytes(self.path / new_files[name], _png_bytes(labels))
+            atomic_write_bytes(self.path / new_files[name], png_bytes(labels))
         rows = np.asarray(sorted(new_rows), dtype=np.intp)
         # The teach step of the active-learning loop: the learner as it stood is taught the answered
         # rows (it refuses rows already labelled or repeated) before the state records them.
@@ -1401,7 +1122,7 @@ class AnnotationProject:
         report.missing = [g.name for g in self.open_regions()]
         return report
 
-    @_exclusive
+    @committing_command
     def reopen(self, names) -> list:
         """Re-open answered regions (a wrong answer): they are asked again in their round.
 
@@ -1454,7 +1175,7 @@ class AnnotationProject:
                     cleared[y0:y1, x0:x1] = False
             labels[cleared] = IGNORE
             new_files[name] = self._file_name("labels", name, ".png")
-            _atomic_write_bytes(self.path / new_files[name], _png_bytes(labels))
+            atomic_write_bytes(self.path / new_files[name], png_bytes(labels))
         generation = self.state["labels_generation"] + 1
         rounds = [dict(r, answered=[row for row in r["answered"] if row not in rows],
                        reopened=r.get("reopened", []) + [{"row": g.pool_index, "region": g.name,
@@ -1466,7 +1187,7 @@ class AnnotationProject:
 
     # ------------------------------------------------------------------------------- reporting
 
-    @_reading
+    @reading_command
     def status(self) -> dict:
         """Where the project stands: rounds, regions, annotation cost, Dice on validation images.
 
@@ -1501,7 +1222,7 @@ class AnnotationProject:
             net = self._load_net()
             for name in self.validation_names:
                 prediction = self._predict_foreground(net, name)
-                validation[name] = dice(prediction, _read_png(self.path / "validation" / f"{name}.png"))
+                validation[name] = dice(prediction, read_png(self.path / "validation" / f"{name}.png"))
         return {
             "rounds": rounds,
             "regions_asked": sum(r["asked"] for r in rounds),
@@ -1545,7 +1266,7 @@ class AnnotationProject:
                 (image.shape[1], image.shape[0]), Image.Resampling.BILINEAR))
         return proba > 0.5
 
-    @_exclusive
+    @committing_command
     def predict(self, out) -> list:
         """Segment every image: an instance mask and a GeoJSON of the predicted objects per image.
 
@@ -1579,15 +1300,15 @@ class AnnotationProject:
                                             properties={"image": name})
                 features = _scaled_features(features, self._level0(name))
                 geojson_file = out / f"{name}.geojson"
-                _atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
+                atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
                 written.append(geojson_file)
             return written
         for name in self.pool_names + self.validation_names:
             instances = label_components(self._predict_foreground(net, name)).astype(np.uint16)
             mask_file, geojson_file = out / f"{name}_mask.png", out / f"{name}.geojson"
-            _atomic_write_bytes(mask_file, _png_bytes(instances))
+            atomic_write_bytes(mask_file, png_bytes(instances))
             features = mask_to_features(instances, classification=OBJECT_CLASS, properties={"image": name})
-            _atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
+            atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
             written += [mask_file, geojson_file]
         return written
 
@@ -1626,28 +1347,3 @@ def _box(box):
     return make_box(*box)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    from focal_al.bench.records import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
-
-
-def _write_json(path: Path, obj) -> None:
-    from focal_al.bench.records import atomic_write_json
-
-    atomic_write_json(path, obj)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under ``folder`` to disk before it is renamed into place."""
-    if os.name != "posix":
-        return
-    for root, dirs, files in os.walk(folder):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as fh:
-                os.fsync(fh.fileno())
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -247,7 +247,7 @@ def test_a_failing_command_leaves_the_project_as_it_was(synthetic, tmp_path, mon
         raise KeyboardInterrupt("killed")
 
     # Killed at the commit point of query, after training and the exports were written.
-    monkeypatch.setattr(project_module, "_write_json", crash)
+    monkeypatch.setattr(project_module, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         project.query(4)
     monkeypatch.undo()
@@ -261,7 +261,7 @@ def test_a_failing_command_leaves_the_project_as_it_was(synthetic, tmp_path, mon
     files = answer_round(round_dir, truth, tmp_path / "export", as_array=True)
     before = (tmp_path / "p" / "state.json").read_text()
     # Killed at the commit point of import, after the new label files were written.
-    monkeypatch.setattr(project_module, "_write_json", crash)
+    monkeypatch.setattr(project_module, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         AnnotationProject(tmp_path / "p").import_geojson(files)
     monkeypatch.undo()

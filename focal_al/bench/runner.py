@@ -581,7 +581,6 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     if not committed:
         write_run_config()
 
-    image_index = np.asarray(store.image_index)
     n_patches, n_images = len(store), store.n_images
     net = make_net(config, spec.network, seed, score_extras=spec.strategy not in SCORE_FREE_STRATEGIES)
     round_ = 0 if state is None else state["round"]
