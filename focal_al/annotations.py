@@ -370,13 +370,21 @@ def draw_overview(image, regions, *, max_side: int = 1200) -> bytes:
     line = max(2, round(min(picture.size) / 200))
     font = _font(round(min(picture.size) / 25))
     colour = tuple(REGION_CLASS["color"])
-    for r in regions:
-        x0, y0, x1, y1 = (v * factor for v in r.box)
+    regions = list(regions)
+    boxes = [tuple(v * factor for v in r.box) for r in regions]
+    for x0, y0, x1, y1 in boxes:
+        # A black edge on both sides of the yellow keeps the outline visible on white lumen too.
+        draw.rectangle([x0 - 1, y0 - 1, x1, y1], outline=(0, 0, 0), width=line + 2)
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=line)
-        label = r.name
-        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-        draw.rectangle([x0, y0, x0 + right - left + 2 * line, y0 + bottom - top + 2 * line], fill=colour)
-        draw.text((x0 + line - left, y0 + line - top), label, fill=(0, 0, 0), font=font)
+    # Labels after every outline, so that no outline of an overlapping region crosses a name.
+    for r, (x0, y0, _, _) in zip(regions, boxes):
+        left, top, right, bottom = draw.textbbox((0, 0), r.name, font=font)
+        width, height = right - left + 2 * line, bottom - top + 2 * line
+        # Inside the picture, even for a region at its right or bottom edge.
+        x0 = max(0, min(x0, picture.width - 1 - width))
+        y0 = max(0, min(y0, picture.height - 1 - height))
+        draw.rectangle([x0, y0, x0 + width, y0 + height], fill=colour, outline=(0, 0, 0), width=1)
+        draw.text((x0 + line - left, y0 + line - top), r.name, fill=(0, 0, 0), font=font)
     out = io.BytesIO()
     picture.save(out, format="PNG")
     return out.getvalue()

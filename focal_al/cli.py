@@ -99,6 +99,10 @@ def _csv(kind):
               help="Run the network in channels_last with BatchNorm folded for inference (default; 2.0x faster "
                    "scoring, 1.3x faster training on one CPU thread), or the plain NCHW path that runs made before "
                    "it used. Part of the protocol: a folder's runs all use one.")
+@click.option("--budget-cap/--budget-overshoot", "budget_cap", default=None,
+              help="The last query keeps only the patches that reach --budget (a run ends less than one patch above "
+                   "it; the default for a new folder), or queries a whole step (up to a step above; folders made "
+                   "before the cap). Default: what the folder's runs used.")
 @click.option("--semi-supervised", type=click.Choice(["none", "fixmatch", "self-training"]),
               help="Also learn from the unlabelled pixels of the pool every round: fixmatch (weak-view "
                    "pseudo-labels train a strong view) or self-training (the last round's network labels "

@@ -395,10 +395,19 @@ def test_resume_finished_run_with_larger_budget_continues(uninterrupted, tmp_pat
     assert rounds[:len(short)] == short  # earlier rounds untouched, timings included
     assert queries[:len(short_queries)] == short_queries
     assert rounds[-1]["cost"] >= 0.8 > rounds[-2]["cost"]
-    # and the continued run equals a fresh run to the larger budget
+    # and the continued run is a fresh run to the larger budget up to the last round of the shorter one,
+    # whose query the shorter budget cut (--budget-cap); where nothing is cut, to the end
     fresh = tmp_path / "fresh"
     run_bench(tiny(fresh, **longer), quiet=True, with_full_supervision=False)
-    assert without_timings(rounds) == without_timings(read_json(fresh / "runs" / "random-patch-seed0" / "rounds.json"))
+    fresh_rounds = read_json(fresh / "runs" / "random-patch-seed0" / "rounds.json")
+    assert without_timings(rounds[:len(short) - 1]) == without_timings(fresh_rounds[:len(short) - 1])
+    assert short[-1]["cost"] < fresh_rounds[len(short) - 1]["cost"]
+    uncut = {**longer, "budget_cap": False}
+    for folder, kwargs in ((tmp_path / "uncut-continued", {**uncut, "budget": 0.6}), (tmp_path / "uncut-fresh", uncut)):
+        run_bench(tiny(folder, **kwargs), quiet=True, with_full_supervision=False)
+    run_bench(tiny(tmp_path / "uncut-continued", **uncut), resume=True, quiet=True, with_full_supervision=False)
+    assert without_timings(read_json(tmp_path / "uncut-continued" / "records.json")) == \
+        without_timings(read_json(tmp_path / "uncut-fresh" / "records.json"))
 
 
 # ----------------------------------------------------------------------------------- replay
@@ -797,3 +806,47 @@ def test_a_periodic_reset_retrains_from_fresh_weights_every_k_rounds(tmp_path, m
     assert warm[1:] == [k % 2 != 0 for k in range(1, len(rounds))]
     refused = CliRunner().invoke(main, ["bench", *TINY_CLI, "--reset-every", "0", "--out-dir", str(tmp_path / "x")])
     assert refused.exit_code != 0 and "reset_every" in refused.output
+
+
+# ------------------------------------------------------------------------------ budget cap
+
+
+def run_and_read(config) -> list:
+    run_bench(config, quiet=True, with_full_supervision=False)
+    return read_json(Path(config.out_dir) / "records.json")
+
+
+def test_the_last_query_stops_at_the_budget(tmp_path):
+    """A run ends within one patch above its budget (the last query is cut), while the same run with
+    --budget-overshoot queries a whole step and ends further above it."""
+    budget, patch = 0.23, TINY["patch_size"]
+    capped = run_and_read(tiny(tmp_path / "cap", budget=budget, strategies=("random-patch", "7")))
+    whole = run_and_read(tiny(tmp_path / "whole", budget=budget, strategies=("random-patch", "7"), budget_cap=False))
+    n_pixels = TINY["n_images"] * TINY["image_size"] ** 2  # upper bound of the training pixels
+    for strategy in ("random-patch", "7-focannot"):
+        last = [r for r in capped if r["strategy"] == strategy][-1]
+        assert budget <= last["cost"] < budget + patch**2 / (0.6 * n_pixels)
+        over = [r for r in whole if r["strategy"] == strategy][-1]
+        assert over["cost"] > last["cost"]
+    assert read_json(tmp_path / "cap" / "config.json")["budget_cap"] is True
+
+
+def test_a_folder_keeps_its_budget_rule_when_seeds_are_added(tmp_path):
+    """Runs made before the cap (no budget_cap in config.json) read as --budget-overshoot: a new seed
+    added without the option follows them, and asking for the cap there is refused on resume."""
+    out = tmp_path / "old"
+    run_bench(tiny(out, strategies=("random-patch",), budget_cap=False), quiet=True, with_full_supervision=False)
+    for file in [out / "config.json", *out.glob("runs/*/config.json")]:  # as a folder made before the option
+        saved = read_json(file)
+        saved.pop("budget_cap")
+        file.write_text(json.dumps(saved))
+    state_file = next(out.glob("runs/*/state.json"))
+    state = read_json(state_file)
+    state["protocol"].pop("budget_cap")
+    state_file.write_text(json.dumps(state))
+    run_bench(tiny(out, strategies=("random-patch",), seeds=(1,)), quiet=True, with_full_supervision=False)
+    assert read_json(out / "config.json")["budget_cap"] is False
+    assert read_json(out / "runs" / "random-patch-seed1" / "config.json")["budget_cap"] is False
+    with pytest.raises(ValueError, match="budget_cap"):
+        run_bench(tiny(out, strategies=("random-patch",), budget_cap=True, budget=0.4), resume=True, quiet=True,
+                  with_full_supervision=False)

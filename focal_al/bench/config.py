@@ -86,7 +86,11 @@ class BenchConfig:
     it did (plain NCHW). The two give float32-close but not identical numbers, so it is part of the
     protocol: runs pair only with runs computed the same way. ``semi_supervised``: each round also
     learns from the pool's unlabelled pixels (``SegmentationNet(semi_supervised=...)``); full
-    supervision, the ceiling, stays supervised.
+    supervision, the ceiling, stays supervised. ``budget_cap``: the last query of a patch-level run
+    keeps, in a seeded random order, only as many of its patches as reach ``budget`` (the run ends
+    less than one patch above it); False queries a whole step and can end up to a step above. None
+    (the default) is what the folder's runs used (False for folders made before the option), else
+    True. Image-level strategies query whole images and can overshoot either way.
 
     Training recipe of a round (the library's default ``SegmentationNet`` recipe, run by
     ``PatchActiveLearner.teach``): ``epochs`` passes over the labelled patches in gradient steps of
@@ -141,6 +145,7 @@ class BenchConfig:
     fast_path: bool = True
     semi_supervised: str | None = None
     reset_every: int | None = None
+    budget_cap: bool | None = None
     threads: int | None = None
     out_dir: str = "bench-out"
 
@@ -201,6 +206,7 @@ class BenchConfig:
         check(self.semi_supervised in (None, "fixmatch", "self-training"), "semi_supervised",
               "None, 'fixmatch' or 'self-training'")
         check(isinstance(self.fast_path, bool), "fast_path", "True or False")
+        check(self.budget_cap in (None, True, False), "budget_cap", "None, True or False")
         check(self.reset_every is None or (isinstance(self.reset_every, int) and self.reset_every >= 1),
               "reset_every", "None or an int >= 1 (retrain from fresh weights every that many rounds)")
         check(0 <= self.dropout < 1, "dropout", "in [0, 1)")

@@ -27,12 +27,6 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
-def _cmap(name: str):
-    import matplotlib
-
-    return matplotlib.colormaps[name]
-
-
 def _save(fig, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
@@ -194,6 +188,29 @@ def plot_cluster_criteria(records: Sequence[dict], path: str | os.PathLike) -> P
     return _save(fig, path)
 
 
+#: Colours of the query rounds, first to last. H&E stains purple (haematoxylin) and pink (eosin), so
+#: every colour is bright and far from both in hue: cyan, green, yellow, orange (viridis' dark blues and
+#: purples vanish into the stain).
+_ROUND_ANCHORS = ("#00d5ff", "#2ee66b", "#ffe11a", "#ff8c1a")
+#: Under the revealed area the stain is mostly turned grey before the round's colour is laid over it, so
+#: the tint keeps its own hue (a purple base would pull cyan to blue and orange to pink) while the
+#: tissue's light and dark still show through.
+_DESATURATE = 0.7
+_TINT = 0.5
+#: Ground truth: a thick dark-blue line on a white halo reads on dark nuclei, pink stroma and white lumen.
+_TRUTH_COLOR = "#08306b"
+#: A colour bar with more rounds than this labels a subset of them (still whole rounds).
+_MAX_ROUND_TICKS = 15
+
+
+def _round_colors(n: int) -> np.ndarray:
+    """RGB colours of ``n`` consecutive rounds, ndarray of shape (n, 3) in [0, 1]."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    ramp = LinearSegmentedColormap.from_list("rounds", _ROUND_ANCHORS)
+    return ramp(np.linspace(0.0, 1.0, n) if n > 1 else [0.0])[:, :3]
+
+
 def draw_queries(
     image: np.ndarray,
     items: Iterable[Mapping],
@@ -207,7 +224,9 @@ def draw_queries(
     """Fig. 6: an image with the area its queried patches revealed, coloured by query round.
 
     Overlapping patches (rho = 0.5) make rectangles unreadable, so the revealed area is drawn
-    instead: each pixel tinted by the round that first revealed it, the union outlined.
+    instead: each pixel tinted by the round that first revealed it (one colour per round, from cyan
+    for the first to orange for the last, none of them near the stain's purple or pink), the union
+    outlined in black, the ground truth a thick dark-blue line on a white halo.
 
     Parameters
     ----------
@@ -222,12 +241,13 @@ def draw_queries(
     rounds : iterable of int, optional
         Only items of these rounds are drawn; default all.
     mask : ndarray of shape (H, W), optional
-        Instance or class mask; the outlines of its foreground are drawn in blue, as in the paper.
+        Instance or class mask; the outlines of its foreground are drawn in dark blue.
     title : str, optional
         Figure title.
     round_range : (int, int), optional
         The rounds the colour scale spans, so that several figures share one scale (default: the
-        rounds drawn).
+        rounds drawn); widened to any drawn round outside it. The colour bar has one colour and one
+        whole-number tick per round.
 
     Returns
     -------
@@ -260,13 +280,15 @@ def draw_queries(
         wanted = set(rounds)
         items = [item for item in items if item["round"] in wanted]
 
+    from matplotlib import patheffects
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     h, w = image.shape[:2]
-    fig = _figure(figsize=(7.0, 7.0 * h / w + 0.6))
+    fig = _figure(figsize=(7.0, 7.0 * h / w + 0.9))
     ax = fig.subplots()
-    ax.imshow(image)
     first = np.full((h, w), np.inf)
     for item in sorted(items, key=lambda i: i["round"]):
         if item["size"] is None:
@@ -275,22 +297,43 @@ def draw_queries(
             y, x, size = int(item["y"]), int(item["x"]), int(item["size"])
             region = (slice(max(y, 0), max(y + size, 0)), slice(max(x, 0), max(x + size, 0)))
         first[region] = np.minimum(first[region], item["round"])
-    drawn_rounds = sorted({item["round"] for item in items})
+    revealed = np.isfinite(first)
+    picture = image / 255.0
+    handles = []
+    drawn_rounds = sorted({int(item["round"]) for item in items})
     if drawn_rounds:
         lo, hi = round_range or (drawn_rounds[0], drawn_rounds[-1])
-        norm = Normalize(vmin=lo, vmax=max(hi, lo + 1))
-        cmap = _cmap("viridis")
-        revealed = np.isfinite(first)
-        ax.imshow(np.ma.masked_where(~revealed, first), cmap=cmap, norm=norm, alpha=0.45, interpolation="nearest")
-        ax.contour(revealed, levels=[0.5], colors="black", linewidths=1.2)
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.02)
-        bar.set_label("round that revealed the pixel")
+        lo, hi = min(int(lo), drawn_rounds[0]), max(int(hi), drawn_rounds[-1])
+        colors = _round_colors(hi - lo + 1)
+        grey = picture @ np.array([0.299, 0.587, 0.114])
+        under = (1 - _DESATURATE) * picture[revealed] + _DESATURATE * grey[revealed, None]
+        tint = colors[first[revealed].astype(int) - lo]
+        picture[revealed] = (1 - _TINT) * under + _TINT * tint
+        norm = BoundaryNorm(np.arange(lo - 0.5, hi + 1.0), hi - lo + 1)
+        # In axes coordinates the bar follows the image's box, so it is exactly as tall as the image.
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=ListedColormap(colors)), cax=ax.inset_axes([1.02, 0.0, 0.035, 1.0]))
+        if hi - lo + 1 <= _MAX_ROUND_TICKS:
+            bar.set_ticks(np.arange(lo, hi + 1))
+        else:
+            bar.ax.yaxis.set_major_locator(MaxNLocator(nbins=_MAX_ROUND_TICKS, integer=True))
+        bar.ax.minorticks_off()
+        bar.set_label("round that first revealed the pixel")
+    ax.imshow(picture, interpolation="nearest")
+    if revealed.any():
+        ax.contour(revealed, levels=[0.5], colors="black", linewidths=1.6)
+        handles.append(Line2D([], [], color="black", linewidth=1.6, label="queried area"))
     if mask is not None:
-        ax.contour(np.asarray(mask) > 0, levels=[0.5], colors="tab:blue", linewidths=1.0)
+        halo = [patheffects.withStroke(linewidth=4.5, foreground="white")]
+        truth = ax.contour(np.asarray(mask) > 0, levels=[0.5], colors=_TRUTH_COLOR, linewidths=2.2)
+        truth.set_path_effects(halo)
+        handles.append(Line2D([], [], color=_TRUTH_COLOR, linewidth=2.2, path_effects=halo, label="ground truth"))
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
     ax.set_title(title or f"{len(items)} queried patch(es)", fontsize=10)
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
+                  frameon=False, fontsize="small")
     return _save(fig, path)
 
 

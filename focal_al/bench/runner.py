@@ -40,11 +40,14 @@ PROTOCOL_FIELDS = (
     "scale", "patch_size", "overlap", "clusters", "lam", "candidate_ratio", "step", "width",
     "depth", "train_steps", "initial_train_steps", "batch_size", "lr", "sa_ensemble", "step_unit", "scoring",
     "epochs", "max_train_steps", "lr_schedule", "warm_start", "tta", "dropout", "mc_samples", "gradients",
-    "fast_path", "semi_supervised", "reset_every",
+    "fast_path", "semi_supervised", "reset_every", "budget_cap",
 )
 #: What a run recorded before a protocol field existed computed with, where that is not the field's
-#: default: runs before ``fast_path`` ran the plain eager NCHW network.
-LEGACY_PROTOCOL = {"fast_path": False}
+#: default: runs before ``fast_path`` ran the plain eager NCHW network, and runs before ``budget_cap``
+#: queried a whole step in their last round.
+LEGACY_PROTOCOL = {"fast_path": False, "budget_cap": False}
+#: Protocol fields that an invocation leaving them unset (None) takes from the folder's runs.
+FOLDER_DEFAULTS = {"budget_cap": True}
 #: Strategies that read the ground truth (``extras["foreground_fraction"]``): oracle-assisted baselines.
 ORACLE_STRATEGIES = ("random-foreground",)
 #: Baselines whose choice reads no score: their nets skip the scoring pass's optional extras (TTA views,
@@ -462,18 +465,37 @@ def _check_protocol(run_dir: Path, saved: dict, protocol: dict) -> None:
         raise ValueError(f"Cannot resume {run_dir}: its protocol differs in {changed}. Use another --out-dir.{hint}")
 
 
-def check_folder_numerics(config: BenchConfig, out_dir: Path) -> None:
-    """Refuse to add runs to a folder whose runs were computed with other numerics (``fast_path``):
-    the report pairs every run of a folder by seed, and such pairs would differ by the numerics too."""
+def _folder_config(out_dir: Path) -> dict | None:
+    """The ``config.json`` of a folder that holds committed runs, or None for a new folder."""
     path = out_dir / "config.json"
     if not path.is_file() or not any((out_dir / "runs").glob("*/rounds.json")):
-        return
+        return None
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"Cannot read {path} ({err}); restore it, or choose another --out-dir.") from err
     if not isinstance(saved, dict):
         raise ValueError(f"{path} does not hold a bench configuration (a JSON object); choose another --out-dir.")
+    return saved
+
+
+def with_folder_defaults(config: BenchConfig) -> BenchConfig:
+    """``config`` with each unset ``FOLDER_DEFAULTS`` field as the folder's runs have it (a new folder:
+    the default), so that adding seeds to a folder keeps its protocol without restating it."""
+    unset = [key for key in FOLDER_DEFAULTS if getattr(config, key) is None]
+    if not unset:
+        return config
+    saved = _folder_config(Path(config.out_dir))
+    return config.replace(**{key: FOLDER_DEFAULTS[key] if saved is None else _saved_protocol_value(saved, key)
+                             for key in unset})
+
+
+def check_folder_numerics(config: BenchConfig, out_dir: Path) -> None:
+    """Refuse to add runs to a folder whose runs were computed with other numerics (``fast_path``):
+    the report pairs every run of a folder by seed, and such pairs would differ by the numerics too."""
+    saved = _folder_config(out_dir)
+    if saved is None:
+        return
     recorded = _saved_protocol_value(saved, "fast_path")
     if recorded != config.fast_path:
         raise ValueError(f"{out_dir} holds runs computed with fast_path={recorded} and this invocation asks for "
@@ -671,6 +693,8 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         start = time.perf_counter()
         n_query = min(per_round, len(query_pool) - len(learner.labelled_))
         chosen, _ = learner.query(query_pool, n_query, random_state=[seed, round_, 1])
+        if level == "patch" and config.budget_cap:
+            chosen = up_to_budget(chosen, learner.revealed_, data.store, config.budget, rng=[seed, round_, 2])
         if level == "patch":
             scores, _ = learner.candidate_scores(query_pool)
             cu_cd = _cluster_criteria(config, scores.descriptors, seed, round_)
@@ -687,6 +711,25 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         learner.teach(chosen)  # the simulated annotator: labels come from the store's ground truth
         train_seconds = time.perf_counter() - start
         _kill_point("trained", round_)
+
+
+def up_to_budget(chosen, revealed, store, budget: float, *, rng) -> np.ndarray:
+    """The patches of a query that the budget allows: all of them if revealing them stays within
+    ``budget``, else, in a random order seeded by ``rng``, the fewest that reach it (so a run ends
+    less than one patch above its budget). The order is random, not the strategy's, because
+    strategies return their choice in different orders (some by index)."""
+    chosen = np.asarray(chosen, dtype=np.intp)
+    image_index, coords = np.asarray(store.image_index), np.asarray(store.coords)
+    trial = revealed.copy().reveal_patches(image_index[chosen], coords[chosen], store.patch_size)
+    if trial.cost < budget - 1e-12:
+        return chosen
+    order = np.random.default_rng(rng).permutation(len(chosen))
+    trial = revealed.copy()
+    for k, j in enumerate(order, start=1):
+        trial.reveal_patches(image_index[chosen[j:j + 1]], coords[chosen[j:j + 1]], store.patch_size)
+        if trial.cost >= budget - 1e-12:
+            return chosen[np.sort(order[:k])]
+    return chosen
 
 
 def _image_items(data: BenchData, images) -> list[dict]:
@@ -1013,7 +1056,7 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     """
     from focal_al.bench.report import write_report
 
-    config.validate()
+    config = with_folder_defaults(config.validate())
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"The 'jobs' parameter of run_bench must be an integer >= 1. Got {jobs!r} instead.")
     specs = [resolve_strategy(name) for name in config.strategies]
