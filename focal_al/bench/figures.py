@@ -311,7 +311,8 @@ def draw_queries(
         picture[revealed] = (1 - _TINT) * under + _TINT * tint
         norm = BoundaryNorm(np.arange(lo - 0.5, hi + 1.0), hi - lo + 1)
         # In axes coordinates the bar follows the image's box, so it is exactly as tall as the image.
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=ListedColormap(colors)), cax=ax.inset_axes([1.02, 0.0, 0.035, 1.0]))
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=ListedColormap(colors)),
+                           cax=ax.inset_axes([1.02, 0.0, 0.035, 1.0]))
         if hi - lo + 1 <= _MAX_ROUND_TICKS:
             bar.set_ticks(np.arange(lo, hi + 1))
         else:
