@@ -429,8 +429,8 @@ def check_strategy_values(name: str, params: dict, *, option_names: dict | None 
         check_strategy_params(name, params)
     except TypeError as err:
         raise ValueError(f"{err} (given: {spelt}).") from err
-    if strategy_info(name).kind != "patch":
-        return
+    if strategy_info(name).kind != "patch" or not params:
+        return  # no parameter of the user's to try (the trial would import scikit-learn for nothing)
     rng = np.random.default_rng(0)
     n = 64
     entropy = rng.random(n) * np.log(2)

@@ -139,8 +139,6 @@ def thumbnail(slide, *, size=1024, block_size=2048):
     scale : tuple of (float, float)
         Level-0 pixels per thumbnail pixel along y and x.
     """
-    from skimage.measure import block_reduce
-
     longest = np.array([max(w, h) for w, h in slide.level_dimensions])
     fits = np.flatnonzero(longest >= size)
     level = int(fits[-1]) if len(fits) else 0
@@ -156,11 +154,48 @@ def thumbnail(slide, *, size=1024, block_size=2048):
                 slide.read_region((int(round(x * downsample)), int(round(y * downsample))), level, (w, h),
                                   as_array=True)
             )
-            region = _rgb(region).astype(np.float32)
-            # NaN padding of the partial blocks at the border keeps their means unbiased.
-            reduced = block_reduce(region, (factor, factor, 1), func=np.nanmean, cval=np.nan)
+            reduced = _block_mean(_rgb(region), factor)
             out[y // factor:y // factor + reduced.shape[0], x // factor:x // factor + reduced.shape[1]] = np.rint(reduced)
     return out, (downsample * factor, downsample * factor)
+
+
+def _block_mean(region: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` block of an (h, w, 3) uint8 region; the partial blocks at
+    its bottom and right border average the pixels they have."""
+    h, w = region.shape[:2]
+    hb, wb = -(-h // factor), -(-w // factor)
+    if (hb * factor, wb * factor) != (h, w):  # zero-padded to whole blocks (a uint8 copy), counted below
+        region = np.pad(region, ((0, hb * factor - h), (0, wb * factor - w), (0, 0)))
+    # Integer sums in uint32 (at most factor**2 * 255 a block): no float copy of the region is made.
+    sums = region.reshape(hb, factor, wb, factor, 3).sum(axis=(1, 3), dtype=np.uint32)
+    counts = np.minimum(factor, h - factor * np.arange(hb))[:, None] * np.minimum(factor, w - factor * np.arange(wb))
+    return sums / counts[:, :, None]
+
+
+def _otsu(values: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (as scikit-image's ``threshold_otsu``: a 256-bin histogram over
+    their range; the threshold is the bin centre that maximises the between-class variance)."""
+    hist, edges = np.histogram(values.ravel(), bins=nbins, range=(float(values.min()), float(values.max())))
+    centres = (edges[:-1] + edges[1:]) / 2
+    hist = hist.astype(np.float64)
+    weight1 = np.cumsum(hist)
+    weight2 = np.cumsum(hist[::-1])[::-1]
+    mean1 = np.cumsum(hist * centres) / np.maximum(weight1, 1e-300)
+    mean2 = (np.cumsum((hist * centres)[::-1]) / np.maximum(weight2[::-1], 1e-300))[::-1]
+    variance = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return float(centres[int(np.argmax(variance))])
+
+
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation in [0, 1] of an RGB uint8 image: (max - min) / max, 0 where max is 0."""
+    high = rgb.max(axis=2).astype(np.float32)
+    low = rgb.min(axis=2).astype(np.float32)
+    return np.where(high > 0, (high - low) / np.maximum(high, 1), 0.0)
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """Luminance in [0, 1] (ITU-R BT.709 weights, as scikit-image's ``rgb2gray``)."""
+    return rgb.astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32) / 255.0
 
 
 def tissue_mask(slide, *, thumbnail_size=1024, channel="saturation", block_size=2048):
@@ -184,16 +219,14 @@ def tissue_mask(slide, *, thumbnail_size=1024, channel="saturation", block_size=
     scale : tuple of (float, float)
         Level-0 pixels per thumbnail pixel along y and x.
     """
-    from skimage.color import rgb2gray, rgb2hsv
-    from skimage.filters import threshold_otsu
-
     if channel not in _TISSUE_CHANNELS:
         raise ValueError(f"The 'channel' parameter must be one of {_TISSUE_CHANNELS}. Got {channel!r} instead.")
     thumb, scale = thumbnail(slide, size=thumbnail_size, block_size=block_size)
-    values = rgb2hsv(thumb)[..., 1] if channel == "saturation" else rgb2gray(thumb)
+    # numpy alone: scikit-image's colour and filter modules would cost a whole-slide project 25 MiB of imports.
+    values = _saturation(thumb) if channel == "saturation" else _grey(thumb)
     if values.min() == values.max():
         return np.zeros(values.shape, dtype=bool), scale
-    threshold = threshold_otsu(values)
+    threshold = _otsu(values)
     return (values > threshold if channel == "saturation" else values < threshold), scale
 
 
@@ -333,7 +366,7 @@ def load_slides(
     min_tissue=0.5,
     thumbnail_size=1024,
     tissue_channel="auto",
-    block_size=2048,
+    block_size=1024,
     names=None,
     overwrite=False,
 ):
@@ -372,7 +405,7 @@ def load_slides(
         a one-channel slide (its saturation is 0 everywhere), else ``"saturation"``.
     names : sequence of str, optional
         The slides' names in the store (default: their file names).
-    block_size : int, default=2048
+    block_size : int, default=1024
         Patches are read in groups whose corners share a ``block_size`` square; one region of
         under ``block_size + patch_size`` pixels a side is read per group (this bounds memory).
     overwrite : bool, default=False
