@@ -33,6 +33,7 @@ setup(
         "scikit-image>=0.21",
         "matplotlib>=3.7",
         "shapely>=2.0",
+        "tqdm>=4.64",
     ],
     extras_require={
         # Whole-slide images (focal_al.slides) and scoring on a Dask cluster (focal_al.distributed).

@@ -36,11 +36,16 @@ def plugins(pattern):
 
 
 def _clean_warnings():
-    """Print warnings as one line each ("Warning: ..."), once, without Python's source line."""
+    """Print warnings as one line each ("Warning: ..."), once, without Python's source line (above any
+    progress bar on the terminal)."""
+    import sys
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
-        click.echo(f"Warning: {message}", err=True)
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=sys.stderr):
+            click.echo(f"Warning: {message}", err=True)
 
     warnings.showwarning = show
     warnings.simplefilter("once", UserWarning)
@@ -153,8 +158,13 @@ def _csv(kind):
 @click.option("--grid", is_flag=True, help="Table 2 sweep of FocAnnot over patch size x overlap x clusters.")
 @click.option("--full-supervision/--no-full-supervision", default=True, show_default=True,
               help="Also train on every training pixel, the ceiling the curves are compared with.")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
-def bench(preset, resume, accept_replay_drift, grid, full_supervision, quiet, out_dir, threads, jobs, **options):
+@click.option("--quiet", is_flag=True, help="No progress lines, no progress bar.")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar above the per-round lines, over all rounds of all runs (its total re-estimated "
+                   "after each round; ETA from the first round), over the jobs with --jobs. Default: only where "
+                   "stdout is a terminal, so a log gets the lines alone.")
+def bench(preset, resume, accept_replay_drift, grid, full_supervision, quiet, progress, out_dir, threads, jobs,
+          **options):
     """Reproduce the paper's experiment: learning curves of query strategies against annotation cost."""
     from focal_al.bench.config import preset_config
     from focal_al.bench.runner import run_bench, run_grid
@@ -180,11 +190,11 @@ def bench(preset, resume, accept_replay_drift, grid, full_supervision, quiet, ou
                           "glas-cpu (width 16, 250-500 steps a round) or set --width and --epochs.", UserWarning)
         if grid:
             for path in run_grid(config.replace(strategies=("7-focannot",)), resume=resume, quiet=quiet, jobs=jobs,
-                                 accept_drift=accept_replay_drift):
+                                 accept_drift=accept_replay_drift, progress=progress):
                 click.echo(path)
         else:
             click.echo(run_bench(config, resume=resume, quiet=quiet, with_full_supervision=full_supervision, jobs=jobs,
-                                 accept_drift=accept_replay_drift))
+                                 accept_drift=accept_replay_drift, progress=progress))
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
         raise click.ClickException(_in_cli_words(str(err))) from err
 
@@ -253,6 +263,9 @@ def _threads(threads):
 
 _threads_option = click.option("--threads", type=int,
                                help="torch CPU threads (default: OMP_NUM_THREADS, else half the CPU cores, at least 1).")
+_progress_option = click.option("--progress/--no-progress", default=None,
+                                help="Progress bars on stderr: training steps, patches scored, images predicted. "
+                                     "Default: where stderr is a terminal.")
 
 
 @project.command("init")
@@ -304,8 +317,9 @@ def project_init(directory, images, clusters, **options):
                                   "with the streaming FocAnnot (large pools).")
 @click.option("--workers", type=int, help="The same on a local cluster of this many worker processes.")
 @_threads_option
+@_progress_option
 @_user_errors
-def project_query(directory, n, strategy, crops, context, scheduler, workers, threads):
+def project_query(directory, n, strategy, crops, context, scheduler, workers, threads, progress):
     """Train if needed, score the pool once and write the next round's regions to annotate."""
     from focal_al.project import AnnotationProject
 
@@ -313,7 +327,8 @@ def project_query(directory, n, strategy, crops, context, scheduler, workers, th
     if workers is not None and workers < 1:
         raise click.BadParameter(f"must be >= 1; got {workers}.", param_hint="--workers")
     p = AnnotationProject(directory)
-    folder = p.query(n, strategy=strategy, crops=crops, context=context, scheduler=scheduler, workers=workers)
+    folder = p.query(n, strategy=strategy, crops=crops, context=context, scheduler=scheduler, workers=workers,
+                     progress=progress)
     regions = p.regions(p.state["rounds"][-1]["round"])
     click.echo(f"{folder}: {len(regions)} regions in {len({g.image for g in regions})} images "
                f"(regions.csv, geojson/, napari/, overview/{', crops/' if crops else ''}).")
@@ -375,13 +390,14 @@ def project_reopen(directory, regions):
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--steps", type=int, help="Gradient steps (default: the project's --train-steps).")
 @_threads_option
+@_progress_option
 @_user_errors
-def project_train(directory, steps, threads):
+def project_train(directory, steps, threads, progress):
     """Train the network on every labelled pixel, continuing from the saved weights."""
     from focal_al.project import AnnotationProject
 
     _threads(threads)
-    weights = AnnotationProject(directory).train(steps=steps)
+    weights = AnnotationProject(directory).train(steps=steps, progress=progress)
     click.echo(f"trained: {weights['steps']} steps in all; weights {weights['file']}")
 
 
@@ -422,13 +438,14 @@ def project_status(directory, as_json):
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @_threads_option
+@_progress_option
 @_user_errors
-def project_predict(directory, out, threads):
+def project_predict(directory, out, threads, progress):
     """Segment every image: <name>_mask.png (instance ids) and <name>.geojson (objects) in --out."""
     from focal_al.project import AnnotationProject
 
     _threads(threads)
-    files = AnnotationProject(directory).predict(out)
+    files = AnnotationProject(directory).predict(out, progress=progress)
     click.echo(f"{len(files) // 2} images segmented into {out}")
 
 

@@ -720,10 +720,16 @@ class AnnotationProject:
         weights = self.state["weights"]
         return weights is None or weights["labels_generation"] != self.state["labels_generation"]
 
-    def _train(self, net, learner, steps) -> dict:
-        """Continue training ``net`` on the learner's labelled rows and write the weights (uncommitted)."""
+    def _train(self, net, learner, steps, progress=False) -> dict:
+        """Continue training ``net`` on the learner's labelled rows and write the weights (uncommitted);
+        ``progress``: a bar over the steps (see :meth:`train`)."""
+        from focal_al.progress import TrainingProgress, shows_progress
+
         total = (self.state["weights"] or {}).get("steps", 0) + steps
         net.set_params(steps_per_epoch=int(steps), random_state=_seed(self.config["seed"], 3, total))
+        if shows_progress(progress):
+            # skorch builds callbacks_ before it stores the new callbacks: build them again on this loaded net.
+            net.set_params(callbacks=[("progress", TrainingProgress("training", enabled=True))]).initialize_callbacks()
         # The learner's recipe, as PatchActiveLearner.teach fits: its labelled rows, warm started.
         learner.train()
         import torch
@@ -739,13 +745,15 @@ class AnnotationProject:
         return {"file": file, "labels_generation": self.state["labels_generation"], "steps": total}
 
     @committing_command
-    def train(self, *, steps=None) -> dict:
+    def train(self, *, steps=None, progress=False) -> dict:
         """Train the network on every labelled pixel (continuing from the saved weights).
 
         Parameters
         ----------
         steps : int, optional
             Gradient steps; default the project's ``train_steps``.
+        progress : bool or None, default=False
+            A progress bar over the steps on stderr; None: where stderr is a terminal.
 
         Returns
         -------
@@ -761,16 +769,16 @@ class AnnotationProject:
                 f"query regions and import their annotations first."
             )
         net = self._load_net()
-        weights = self._train(net, self.learner(net), steps)
+        weights = self._train(net, self.learner(net), steps, progress)
         self._commit(dict(self.state, weights=weights))
         return weights
 
-    def _trained_net(self):
+    def _trained_net(self, progress=False):
         """The network, trained first if labels changed since its weights (the new weights uncommitted)."""
         net = self._load_net()
         weights = self.state["weights"]
         if self.labelled().size and self._weights_stale():
-            weights = self._train(net, self.learner(net), self.config["network"]["train_steps"])
+            weights = self._train(net, self.learner(net), self.config["network"]["train_steps"], progress)
         return net, weights
 
     # ------------------------------------------------------------------------------- querying
@@ -792,7 +800,7 @@ class AnnotationProject:
 
     @committing_command
     def query(self, n, *, strategy=None, strategy_params=None, crops=False, context=32, scheduler=None,
-              workers=None) -> Path:
+              workers=None, progress=False) -> Path:
         """Ask for ``n`` regions: train if needed, score the pool once, export round r.
 
         The round's folder ``rounds/round-NNN`` holds ``regions.csv`` (every region),
@@ -817,12 +825,16 @@ class AnnotationProject:
         workers : int, optional
             The same on a local cluster of this many worker processes. Pools of more than
             ``LARGE_POOL`` patches take this route by themselves (2 workers).
+        progress : bool or None, default=False
+            Progress bars on stderr (training when the weights are older than the labels, patches
+            scored in this process); None: where stderr is a terminal.
 
         Returns
         -------
         pathlib.Path
             The round's folder.
         """
+        from focal_al.progress import shows_progress
         from focal_al.registry import strategy_info
 
         still_open = self.open_regions()
@@ -844,7 +856,7 @@ class AnnotationProject:
         if strategy_info(strategy).kind != "patch":
             raise ValueError(f"The 'strategy' parameter of query must be a patch-level strategy. Got {strategy!r}.")
         round_ = len(self.state["rounds"]) + 1
-        net, weights = self._trained_net()
+        net, weights = self._trained_net(progress)
         scorer, scores_path = None, None
         if scheduler is not None or workers is not None or len(self.store) > LARGE_POOL:
             if strategy not in ("focannot", "focannot-streaming", "random-patch"):
@@ -863,6 +875,8 @@ class AnnotationProject:
                 scorer, scores_path = self._distributed_scorer(net, scheduler, workers, round_)
         if strategy == "random-patch" and scorer is None:
             scorer = _no_scores  # random regions read no score: no pass of the (maybe untrained) network
+        if scorer is None and shows_progress(progress):
+            scorer = _score_with_progress
         learner = self.learner(net, strategy=strategy, strategy_params=strategy_params, round_=round_, scorer=scorer)
         pool = self.store.patches
         try:
@@ -1241,8 +1255,9 @@ class AnnotationProject:
             "validation": validation,
         }
 
-    def _predict_slide_foreground(self, net, name, *, tile: int = 1024, halo: int = 64) -> np.ndarray:
-        """A slide's predicted foreground in its label frame, tile by tile (overlapping by ``halo``)."""
+    def _predict_slide_foreground(self, net, name, *, tile: int = 1024, halo: int = 64, bar=None) -> np.ndarray:
+        """A slide's predicted foreground in its label frame, tile by tile (overlapping by ``halo``);
+        ``bar``, a progress bar, advances by one per tile."""
         h, w = self._full_shape(name)
         foreground = np.zeros((h, w), dtype=bool)
         for y in range(0, h, tile):
@@ -1253,6 +1268,8 @@ class AnnotationProject:
                 proba = net.predict_images([window])[0][1]
                 core = proba[y - y0:min(h, y + tile) - y0, x - x0:min(w, x + tile) - x0]
                 foreground[y:y + core.shape[0], x:x + core.shape[1]] = core > 0.5
+                if bar is not None:
+                    bar.update()
         return foreground
 
     def _predict_foreground(self, net, name) -> np.ndarray:
@@ -1267,7 +1284,7 @@ class AnnotationProject:
         return proba > 0.5
 
     @committing_command
-    def predict(self, out) -> list:
+    def predict(self, out, *, progress=False) -> list:
         """Segment every image: an instance mask and a GeoJSON of the predicted objects per image.
 
         Trains first if labels changed since the weights (and commits the new weights).
@@ -1277,6 +1294,9 @@ class AnnotationProject:
         out : str or path-like
             Output folder (created): ``<name>_mask.png`` (uint16 instance ids, 0 = background,
             original size) and ``<name>.geojson`` (FeatureCollection of class ``"Gland"`` polygons).
+        progress : bool or None, default=False
+            Progress bars on stderr (training if needed, then images, or the tiles of slides); None:
+            where stderr is a terminal.
 
         Returns
         -------
@@ -1284,33 +1304,65 @@ class AnnotationProject:
             The files written.
         """
         from focal_al.metrics import label_components
+        from focal_al.progress import progress_bar
 
         if self.state["weights"] is None and not self.labelled().size:
             raise ProjectError(f"Project '{self.path}' has no trained network and no labels; nothing to predict with.")
-        net, weights = self._trained_net()
+        net, weights = self._trained_net(progress)
         if weights != self.state["weights"]:
             self._commit(dict(self.state, weights=weights))
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
         if self._is_slide_project():
-            for name in self.pool_names:
-                foreground = self._predict_slide_foreground(net, name)
-                features = mask_to_features(label_components(foreground).astype(np.uint16), classification=OBJECT_CLASS,
-                                            properties={"image": name})
-                features = _scaled_features(features, self._level0(name))
-                geojson_file = out / f"{name}.geojson"
-                atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
-                written.append(geojson_file)
+            tile = 1024
+            tiles = sum(-(-h // tile) * -(-w // tile) for h, w in map(self._full_shape, self.pool_names))
+            with progress_bar(tiles, desc="predicting", unit="tile", enabled=progress) as bar:
+                for name in self.pool_names:
+                    foreground = self._predict_slide_foreground(net, name, tile=tile, bar=bar)
+                    features = mask_to_features(label_components(foreground).astype(np.uint16),
+                                                classification=OBJECT_CLASS, properties={"image": name})
+                    features = _scaled_features(features, self._level0(name))
+                    geojson_file = out / f"{name}.geojson"
+                    atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
+                    written.append(geojson_file)
             return written
-        for name in self.pool_names + self.validation_names:
-            instances = label_components(self._predict_foreground(net, name)).astype(np.uint16)
-            mask_file, geojson_file = out / f"{name}_mask.png", out / f"{name}.geojson"
-            atomic_write_bytes(mask_file, png_bytes(instances))
-            features = mask_to_features(instances, classification=OBJECT_CLASS, properties={"image": name})
-            atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
-            written += [mask_file, geojson_file]
+        names = self.pool_names + self.validation_names
+        with progress_bar(len(names), desc="predicting", unit="image", enabled=progress) as bar:
+            for name in names:
+                instances = label_components(self._predict_foreground(net, name)).astype(np.uint16)
+                mask_file, geojson_file = out / f"{name}_mask.png", out / f"{name}.geojson"
+                atomic_write_bytes(mask_file, png_bytes(instances))
+                features = mask_to_features(instances, classification=OBJECT_CLASS, properties={"image": name})
+                atomic_write_bytes(geojson_file, json.dumps(feature_collection(features), indent=1).encode("utf-8"))
+                written += [mask_file, geojson_file]
+                bar.update()
         return written
+
+
+def _score_with_progress(learner, X_pool, rows):
+    """The network's ``score_pool`` over the pool rows, in chunks, with a progress bar on stderr.
+
+    A chunk is a whole number of the network's inference batches, so every batch, and every score,
+    is that of the one pass over ``X_pool[rows]`` that the learner makes by default.
+    """
+    from focal_al.progress import progress_bar
+    from focal_al.scores import PoolScores
+
+    net = learner.estimator
+    chunk = 64 * net._inference_batch_size(None, np.shape(X_pool))
+    parts = []
+    with progress_bar(len(rows), desc="scoring", unit="patch", enabled=True) as bar:
+        for start in range(0, max(len(rows), 1), chunk):
+            parts.append(net.score_pool(X_pool[rows[start:start + chunk]]))
+            bar.update(len(parts[-1]))
+    if len(parts) == 1:
+        return parts[0]
+    return PoolScores(entropy=np.concatenate([p.entropy for p in parts]),
+                      margin=np.concatenate([p.margin for p in parts]),
+                      least_confidence=np.concatenate([p.least_confidence for p in parts]),
+                      descriptors=np.concatenate([p.descriptors for p in parts]),
+                      extras={k: np.concatenate([p.extras[k] for p in parts]) for k in parts[0].extras})
 
 
 def _no_scores(learner, X_pool, rows):

@@ -1,0 +1,112 @@
+"""Progress bars of the command line: tqdm bars drawn on a terminal only, and a skorch callback.
+
+The library is silent by default; the commands where a person waits (``focal-al bench``,
+``focal-al project query / train / predict``) turn these on. Where the output is not a terminal
+(a log, ``nohup``, CI) a bar is not drawn unless asked for, so no carriage returns reach the file.
+"""
+from __future__ import annotations
+
+import sys
+from typing import IO
+
+from skorch.callbacks import Callback
+from tqdm import tqdm
+
+__all__ = ["TrainingProgress", "progress_bar", "shows_progress"]
+
+
+def shows_progress(enabled: bool | None, file: IO | None = None) -> bool:
+    """Whether a bar on ``file`` (default stderr) is drawn.
+
+    Parameters
+    ----------
+    enabled : bool or None
+        True or False decides; None: only where ``file`` is a terminal.
+    file : file-like, optional
+
+    Returns
+    -------
+    bool
+    """
+    if enabled is not None:
+        return bool(enabled)
+    file = sys.stderr if file is None else file
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):  # no isatty(), or a closed stream
+        return False
+
+
+def progress_bar(total: int | None = None, *, desc: str | None = None, unit: str = "it", enabled: bool | None = None,
+                 file: IO | None = None, **kwargs) -> tqdm:
+    """A tqdm bar on ``file`` (default stderr), drawn as :func:`shows_progress` says, else inert.
+
+    Parameters
+    ----------
+    total : int, optional
+        What the bar counts to (its ETA needs it).
+    desc, unit : str
+        The bar's label and the name of what it counts.
+    enabled : bool or None, default=None
+        True: drawn; False: not drawn (``--quiet``); None: drawn where ``file`` is a terminal.
+    file : file-like, optional
+    **kwargs
+        Further tqdm parameters (``initial``, ``smoothing``, ...).
+
+    Returns
+    -------
+    tqdm.tqdm
+        Use it as a context manager, or ``close()`` it.
+    """
+    file = sys.stderr if file is None else file
+    return tqdm(total=total, desc=desc, unit=unit, file=file, disable=not shows_progress(enabled, file),
+                dynamic_ncols=True, **kwargs)
+
+
+class TrainingProgress(Callback):
+    """A skorch callback drawing a bar over the gradient steps of each ``fit`` / ``partial_fit``.
+
+    The bar counts to the call's scheduled steps (``SegmentationNet.lr_total_``) and advances one
+    step per training batch; it draws no random numbers and changes nothing the net computes.
+
+    Parameters
+    ----------
+    desc : str, default="training"
+    enabled : bool or None, default=None
+        As for :func:`progress_bar`.
+    stream : {"stderr", "stdout"}, default="stderr"
+        Where the bar goes, by name: a net holding the callback can still be copied and pickled.
+    """
+
+    def __init__(self, desc: str = "training", *, enabled: bool | None = None, stream: str = "stderr"):
+        self.desc = desc
+        self.enabled = enabled
+        self.stream = stream
+
+    def initialize(self):
+        if self.stream not in ("stderr", "stdout"):
+            raise ValueError(f"The 'stream' parameter of TrainingProgress must be 'stderr' or 'stdout'. Got "
+                             f"{self.stream!r} instead.")
+        self.bar_ = None
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        self._close()  # a call that raised left its bar open
+
+    def on_epoch_begin(self, net, **kwargs):
+        # SegmentationNet.fit_loop sets this call's steps (all epochs) before the first epoch begins.
+        if self.bar_ is None:
+            self.bar_ = progress_bar(getattr(net, "lr_total_", None), desc=self.desc, unit="step",
+                                     enabled=self.enabled, file=getattr(sys, self.stream))
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training and self.bar_ is not None:
+            self.bar_.update()
+
+    def on_train_end(self, net, **kwargs):
+        self._close()
+
+    def _close(self) -> None:
+        if getattr(self, "bar_", None) is not None:
+            self.bar_.close()
+        self.bar_ = None
