@@ -370,6 +370,14 @@ def _learner_rng(learner) -> np.random.Generator:
     return np.random.default_rng(getattr(learner, "random_state", None))
 
 
+def strategy_takes(name: str, parameter: str) -> bool:
+    """Whether the strategy ``name`` takes the keyword ``parameter`` (e.g. ``"progress"``, the share
+    of the budget spent, which the bench passes to the strategies that schedule on it)."""
+    import inspect
+
+    return parameter in list(inspect.signature(strategy_info(name).func).parameters)[4:]
+
+
 def check_strategy_params(name: str, params: dict) -> None:
     """Refuse parameters that the strategy ``name`` does not take, and unknown criterion names.
 

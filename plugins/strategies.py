@@ -448,31 +448,51 @@ def focannot_streaming(scores, n_instances, candidates, rng, *, k=3, lam=0.5, ca
 
 
 @register_strategy("clasp-pe", level="patch")
-def clasp_pe(scores, n_instances, candidates, rng, *, class_share=0.66, beta=1.0):
-    """ClaSP PE: power-noised predictive entropy, class-stratified for 66 % of the query (Lüth et al. 2026).
+def clasp_pe(scores, n_instances, candidates, rng, *, class_share=0.66, beta=None, beta_range=(1.0, 100.0),
+             progress=None):
+    """ClaSP PE: class-stratified, scheduled power-noised predictive entropy (Lüth et al. 2026).
 
-    Class-stratified predictive entropy with power sampling, as nnActive runs it
-    (``ClassBalancedEntropy_66FG`` with ``power_noising``): ``class_share`` of the T patches are
-    split evenly among the foreground classes, each ranked by its class-specific entropy
+    As nnActive runs it (``class_power_pe66_exp``): ``class_share`` of the T patches are split
+    evenly among the foreground classes, each ranked by its class-specific entropy
     (``scores.extras["class_entropy"][:, c]``: the pixel entropy times the class's probability,
     averaged over the patch); the rest by the patch's mean pixel entropy. Every ranking is
     power-noised: ``log(score) + Gumbel(0, 1 / beta)``, i.e. sampling proportional to
     ``score ** beta`` without replacement (Kirsch et al., TMLR 2023), so a query spreads beyond
-    one uncertain region; a larger ``beta`` is closer to the plain top-T (pass a larger one in
-    later rounds for the noise to decay). A patch is taken once.
+    one uncertain region. The noise decays over the rounds: ``beta`` grows exponentially from
+    ``beta_range[0]`` at the first query to ``beta_range[1]`` at the last (nnActive: 1 to 100 over
+    its query steps), here along ``progress``, the share of the annotation budget spent between
+    the initial set and the budget, which the bench passes with every query. A patch is taken once.
 
     Parameters
     ----------
     class_share : float
         Share of the query drawn per foreground class, in [0, 1] (nnActive: 0.66).
-    beta : float
-        Inverse temperature of the power noising, > 0 (nnActive: 1).
+    beta : float, optional
+        A fixed inverse temperature (> 0) instead of the schedule (nnActive's unscheduled
+        ``class_power_pe66``: 1).
+    beta_range : (float, float)
+        ``beta`` at the first and at the last query of the schedule.
+    progress : float in [0, 1], optional
+        Where the run is in its budget; without it (a project has no budget) ``beta_range[0]``.
     """
     n, candidates = _prepare(scores, n_instances, candidates)
     if isinstance(class_share, bool) or not isinstance(class_share, (int, float)) or not 0 <= class_share <= 1:
         raise ValueError(f"The 'class_share' parameter of clasp-pe must be a float in [0, 1]. Got {class_share!r} instead.")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (beta > 0 and np.isfinite(beta)):
-        raise ValueError(f"The 'beta' parameter of clasp-pe must be a finite float > 0. Got {beta!r} instead.")
+    if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float))
+                             or not (beta > 0 and np.isfinite(beta))):
+        raise ValueError(f"The 'beta' parameter of clasp-pe must be None or a finite float > 0. Got {beta!r} instead.")
+    if (not isinstance(beta_range, (tuple, list)) or len(beta_range) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 and np.isfinite(b)
+                       for b in beta_range)):
+        raise ValueError(f"The 'beta_range' parameter of clasp-pe must be two finite floats > 0. Got {beta_range!r} "
+                         "instead.")
+    if progress is not None and (isinstance(progress, bool) or not isinstance(progress, (int, float))
+                                 or not 0 <= progress <= 1):
+        raise ValueError(f"The 'progress' parameter of clasp-pe must be None or a float in [0, 1]. Got {progress!r} "
+                         "instead.")
+    if beta is None:
+        low, high = float(beta_range[0]), float(beta_range[1])
+        beta = low * (high / low) ** (0.0 if progress is None else float(progress))
     if "class_entropy" not in scores.extras:
         raise KeyError("Strategy 'clasp-pe' reads scores.extras['class_entropy'] (n_samples, n_classes), which "
                        f"SegmentationNet.score_pool returns; these PoolScores have extras {sorted(scores.extras)}.")

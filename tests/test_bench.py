@@ -850,3 +850,26 @@ def test_a_folder_keeps_its_budget_rule_when_seeds_are_added(tmp_path):
     with pytest.raises(ValueError, match="budget_cap"):
         run_bench(tiny(out, strategies=("random-patch",), budget_cap=True, budget=0.4), resume=True, quiet=True,
                   with_full_supervision=False)
+
+
+def test_strategies_that_schedule_on_the_budget_are_told_the_share_spent(tmp_path):
+    """A strategy taking ``progress`` (clasp-pe's noise schedule) gets, with every query, the share of
+    the budget spent since the initial set: 0 at the first query, rising, below 1."""
+    from focal_al import registry
+
+    seen = []
+
+    @registry.register_strategy("test-progress-spy", level="patch")
+    def spy(scores, n_instances, candidates, rng, *, progress=None):
+        seen.append(progress)
+        return np.asarray(candidates)[:n_instances]
+
+    try:
+        run_bench(tiny(tmp_path, strategies=("test-progress-spy",)), quiet=True, with_full_supervision=False)
+    finally:
+        registry._STRATEGIES.pop("test-progress-spy")
+    rounds = read_json(tmp_path / "records.json")
+    assert len(seen) == len(rounds) - 1 >= 2
+    assert seen[0] == 0.0 and all(a < b for a, b in zip(seen, seen[1:])) and seen[-1] < 1.0
+    budget, first = TINY["budget"], rounds[0]["cost"]
+    np.testing.assert_allclose(seen, [(r["cost"] - first) / (budget - first) for r in rounds[:-1]])

@@ -171,6 +171,28 @@ def test_clasp_pe_stratifies_by_class_and_noises_less_as_beta_grows():
         select(make_scores(extras={}), 3, np.arange(60), np.random.default_rng(0))
 
 
+def test_clasp_pe_noise_decays_with_the_budget_spent():
+    """Without a fixed beta the noise follows nnActive's schedule, beta from 1 at progress 0 to 100 at
+    progress 1: late queries keep to the top of the ranking, early ones spread."""
+    n = 400
+    entropy = np.linspace(0.01, 0.69, n)
+    scores = make_scores(n=n, entropy=entropy, extras={"class_entropy": np.stack([entropy * 0, entropy], 1)})
+    select = get_strategy("clasp-pe")
+
+    def rank_of_picks(progress):
+        picks = [select(scores, 20, np.arange(n), np.random.default_rng(s), progress=progress) for s in range(20)]
+        return np.mean([n - 1 - p for p in picks])  # mean rank below the top (0 = the most uncertain)
+
+    early, late = rank_of_picks(0.0), rank_of_picks(1.0)
+    assert late < 15 < early
+    # progress 0 is beta 1, progress 1 is beta 100 (the same draws as the fixed values).
+    for progress, beta in ((0.0, 1.0), (1.0, 100.0), (0.5, 10.0)):
+        np.testing.assert_array_equal(select(scores, 20, np.arange(n), np.random.default_rng(3), progress=progress),
+                                      select(scores, 20, np.arange(n), np.random.default_rng(3), beta=beta))
+    with pytest.raises(ValueError, match="'progress' parameter of clasp-pe"):
+        select(scores, 3, np.arange(n), np.random.default_rng(0), progress=1.5)
+
+
 def test_random_predicted_foreground_reads_the_networks_foreground_not_the_truth():
     scores = make_scores(extras={"predicted_foreground_fraction": np.where(np.arange(60) < 10, 0.5, 0.0)})
     picked = get_strategy("random-predicted-foreground")(scores, 8, np.arange(60), np.random.default_rng(0))

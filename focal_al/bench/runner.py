@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import re
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from skorch.callbacks import Callback
 
 from focal_al.bench.config import GRID, BenchConfig, BenchStrategy, default_glas_dir, resolve_strategy
 from focal_al.bench.records import atomic_write_json
+from focal_al.registry import strategy_takes
+from focal_al.progress import TrainingProgress, progress_bar, shows_progress
 
 STATE_VERSION = 1
 #: Config fields that define a run's protocol: resuming with any of them changed is refused. The
@@ -575,12 +579,15 @@ def make_learner(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
 
 def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: BenchData, out_dir: Path, *,
                  resume: bool = False, accept_drift: bool = False,
-                 report: Callable[[str], None] = lambda line: None) -> list[dict]:
+                 report: Callable[[str], None] = lambda line: None,
+                 on_round: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Run (or continue) one strategy under one seed to the budget; returns its round records.
 
     ``accept_drift``: continue a run whose replay (``resume`` of records committed without their
     weights) does not give the recorded Dice on this machine, from the replayed weights; the last
     replayed round's record notes it (``replay_drift``) and the report marks the run's pairs.
+    ``on_round(records)`` is called after each round is committed, before its line is reported
+    (a progress bar's hook; display only).
     """
     from focal_al.cost import RevealedPixels, boundary_map
 
@@ -683,6 +690,8 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
                                  n_pool=len(query_pool), weights=state.get("weights") if state else None,
                                  done=revealed.cost >= config.budget - 1e-12)
             run_state.commit(state, learner, round_)
+            if on_round is not None:
+                on_round(records)
             report(_progress_line(spec, seed, records, config.budget))
             if round_ == 0 and (warning := _round0_warning(out_dir, spec, seed, records[0])):
                 report(warning)
@@ -692,7 +701,10 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         round_ += 1
         start = time.perf_counter()
         n_query = min(per_round, len(query_pool) - len(learner.labelled_))
-        chosen, _ = learner.query(query_pool, n_query, random_state=[seed, round_, 1])
+        # Strategies that schedule on the budget spent (clasp-pe's noise) are told where the run is.
+        schedule = {"progress": budget_progress(records[0]["cost"], learner.revealed_.cost, config.budget)} \
+            if strategy_takes(spec.strategy, "progress") else {}
+        chosen, _ = learner.query(query_pool, n_query, random_state=[seed, round_, 1], **schedule)
         if level == "patch" and config.budget_cap:
             chosen = up_to_budget(chosen, learner.revealed_, data.store, config.budget, rng=[seed, round_, 2])
         if level == "patch":
@@ -711,6 +723,11 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         learner.teach(chosen)  # the simulated annotator: labels come from the store's ground truth
         train_seconds = time.perf_counter() - start
         _kill_point("trained", round_)
+
+
+def budget_progress(initial_cost: float, cost: float, budget: float) -> float:
+    """The share of the budget spent between the initial labelled set and ``budget``, in [0, 1]."""
+    return float(np.clip((cost - initial_cost) / max(budget - initial_cost, 1e-12), 0.0, 1.0))
 
 
 def up_to_budget(chosen, revealed, store, budget: float, *, rng) -> np.ndarray:
@@ -906,6 +923,51 @@ def _progress_line(spec: BenchStrategy, seed: int, records: list[dict], budget: 
             f"eval {last['eval_seconds']:.0f}s{eta})")
 
 
+def _rounds_left(config: BenchConfig, records: list[dict]) -> int:
+    """An estimate of the rounds a run has left to the budget (round 0 included for a run not begun):
+    its mean gain in cost per round so far, else one ``step`` a round after round 0's step."""
+    if not records:
+        return 1 + max(1, math.ceil(round((config.budget - config.step) / config.step, 9)))
+    cost = records[-1]["cost"]
+    if cost >= config.budget - 1e-12:
+        return 0
+    gains = np.diff([r["cost"] for r in records])
+    gain = float(gains.mean()) if len(gains) and gains.mean() > 0 else config.step
+    return max(1, math.ceil(round((config.budget - cost) / gain, 9)))
+
+
+class _RoundsBar:
+    """A bar over the rounds of all runs of an invocation, on stdout above the per-round lines.
+
+    Its total is the rounds done plus an estimate of those left (:func:`_rounds_left`), refined
+    after every round and exact once a run ends; its ETA is tqdm's, from the mean time of the
+    rounds done in this invocation (``smoothing=0``), so it is there from the first round on.
+    """
+
+    def __init__(self, config: BenchConfig, records: dict, *, enabled: bool):
+        self.config = config
+        self.done = {run: len(r) for run, r in records.items()}
+        self.left = {run: _rounds_left(config, r) for run, r in records.items()}
+        self.bar = progress_bar(self._total(), desc="rounds", unit="round", enabled=enabled, file=sys.stdout,
+                                initial=sum(self.done.values()), smoothing=0)
+
+    def _total(self) -> int:
+        return sum(self.done.values()) + sum(self.left.values())
+
+    def update(self, run, records: list[dict], *, finished: bool = False) -> None:
+        self.done[run] = len(records)
+        self.left[run] = 0 if finished else _rounds_left(self.config, records)
+        self.bar.total = self._total()
+        self.bar.update(sum(self.done.values()) - self.bar.n)
+        self.bar.refresh()
+
+    def __enter__(self) -> "_RoundsBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
 # ----------------------------------------------------------------------------------- whole bench
 
 
@@ -975,8 +1037,12 @@ class StepProgress(Callback):
 
 
 def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, seed: int = 0,
-                     report: Callable[[str], None] = lambda line: None) -> dict:
-    """Train on every training patch for as many steps as a whole run takes; the curves' ceiling."""
+                     report: Callable[[str], None] = lambda line: None, progress: bool | None = False) -> dict:
+    """Train on every training patch for as many steps as a whole run takes; the curves' ceiling.
+
+    ``report`` gets a start line, a line about every tenth of the steps and an end line; with
+    ``progress`` (None: where stdout is a terminal) a bar over the steps on stdout replaces the tenths.
+    """
     path = out_dir / "full_supervision.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -991,8 +1057,10 @@ def full_supervision(config: BenchConfig, data: BenchData, out_dir: Path, *, see
         epochs = config.full_supervision_epochs or config.epochs
         steps = steps_for(len(data.store), config.batch_size, epochs=epochs, min_steps=config.initial_train_steps)
     report(f"[full supervision] training {steps} steps on all {len(data.store)} patches ...")
+    callback = TrainingProgress("full supervision", enabled=True, stream="stdout") \
+        if shows_progress(progress, sys.stdout) else StepProgress(steps, report, "[full supervision]")
     net.set_params(random_state=_round_seed(seed, 0, 99), steps_per_epoch=steps, passes_per_epoch=None,
-                   callbacks=[("progress", StepProgress(steps, report, "[full supervision]"))])
+                   callbacks=[("progress", callback)])
     seconds = train_on(net, data.store, np.arange(len(data.store)))
     result = {**evaluate(net, data.test), "train_steps": steps, "train_seconds": seconds, "seed": seed}
     atomic_write_json(path, result)
@@ -1045,12 +1113,16 @@ def check_protocol_fits(config: BenchConfig, data: BenchData, specs: list[BenchS
 
 
 def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
-              with_full_supervision: bool = True, jobs: int = 1, accept_drift: bool = False) -> Path:
+              with_full_supervision: bool = True, jobs: int = 1, accept_drift: bool = False,
+              progress: bool | None = False) -> Path:
     """Run every strategy under every seed of ``config`` into ``config.out_dir``; write the report.
 
     ``jobs`` > 1 runs that many (strategy, seed) runs at once, each in its own process with
     ``config.threads`` torch threads (full supervision is one more such job). Every run is seeded
     from (seed, round) alone, so its records are those of a sequential run; only the timings differ.
+
+    Progress goes to stdout: a line per round (nothing with ``quiet``), and with ``progress`` (None:
+    where stdout is a terminal) a bar above them over all rounds of all runs, or over the jobs.
 
     Returns the path of the Markdown report.
     """
@@ -1062,11 +1134,14 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     specs = [resolve_strategy(name) for name in config.strategies]
     out_dir = Path(config.out_dir)
     check_folder_numerics(config, out_dir)
-    for spec in specs:  # refuse before writing anything (config.json, cache, full supervision)
+    found = {}  # each run's rounds already committed: where the bar over rounds starts
+    for name, spec in zip(config.strategies, specs):  # refuse before writing anything (config.json, cache, ...)
         for seed in config.seeds:
-            _existing_state(config, spec, seed, out_dir, resume)
+            state, committed = _existing_state(config, spec, seed, out_dir, resume)
+            found[name, seed] = state["records"] if state else committed[0] if committed else []
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = _printer(quiet)
+    bars = not quiet and shows_progress(progress, sys.stdout)
+    report = _printer(quiet, bars=bars)
     data = prepare_data(config, out_dir)
     report(describe_data(data, config) + f" {len(specs)} strategies x {len(config.seeds)} seeds.")
     check_protocol_fits(config, data, specs)
@@ -1075,25 +1150,28 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
     started = time.perf_counter()
     if jobs == 1:
         if with_full_supervision:
-            full_supervision(config, data, out_dir, report=report)
+            full_supervision(config, data, out_dir, report=report, progress=bars)
         # Each run's measured seconds over all its rounds, whichever process ran them: a resumed or
         # finished run found on resume still tells how long a whole run takes.
         durations = []
-        for k, (name, seed) in enumerate(runs, start=1):
-            start = time.perf_counter()
+        with _RoundsBar(config, found, enabled=bars) as rounds:
+            for k, (name, seed) in enumerate(runs, start=1):
+                start = time.perf_counter()
 
-            def run_report(line, k=k, start=start):
-                seconds = _seconds_left(durations, len(runs), k, time.perf_counter() - start)
-                left = "" if seconds is None else f"; ~{seconds / 60:.0f} min left in all {len(runs)} runs"
-                report(f"run {k}/{len(runs)} {line}{left}")
+                def run_report(line, k=k, start=start):
+                    seconds = _seconds_left(durations, len(runs), k, time.perf_counter() - start)
+                    left = "" if seconds is None else f"; ~{seconds / 60:.0f} min left in all {len(runs)} runs"
+                    report(f"run {k}/{len(runs)} {line}{left}")
 
-            records = run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume,
-                                   accept_drift=accept_drift, report=run_report)
-            if records:
-                durations.append(sum(_round_seconds(r) for r in records))
+                records = run_strategy(config, resolve_strategy(name), seed, data, out_dir, resume=resume,
+                                       accept_drift=accept_drift, report=run_report,
+                                       on_round=lambda records, run=(name, seed): rounds.update(run, records))
+                rounds.update((name, seed), records, finished=True)
+                if records:
+                    durations.append(sum(_round_seconds(r) for r in records))
     else:
         _run_in_parallel(config, runs, out_dir, resume=resume, accept_drift=accept_drift, quiet=quiet, jobs=jobs,
-                         with_full_supervision=with_full_supervision, report=report)
+                         with_full_supervision=with_full_supervision, report=report, bars=bars)
     report(f"{len(runs)} runs in {(time.perf_counter() - started) / 60:.1f} min")
     path = write_report(out_dir, query_images=dict(zip(data.train.names, data.train.images)),
                         query_masks=dict(zip(data.train.names, data.train.masks)))
@@ -1140,21 +1218,36 @@ def _seconds_left(durations: list[float], n_runs: int, k: int, elapsed: float) -
     return mean * (n_runs - k) + max(0.0, mean - elapsed)
 
 
-def _printer(quiet: bool) -> Callable[[str], None]:
-    """Where progress lines go: nowhere when ``quiet``, else stdout at once (workers share it)."""
-    return (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+def _printer(quiet: bool, *, bars: bool = False) -> Callable[[str], None]:
+    """Where progress lines go: nowhere when ``quiet``, else stdout at once (workers share it); with
+    ``bars``, above the progress bars drawn on the terminal (``tqdm.write``)."""
+    if quiet:
+        return lambda line: None
+    if not bars:
+        return lambda line: print(line, flush=True)
+
+    def write(line: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+
+    return write
 
 
 def _job(config: BenchConfig, name: str | None, seed: int, out_dir: Path, resume: bool, accept_drift: bool,
-         quiet: bool) -> float:
-    """One run (or full supervision when ``name`` is None) in a worker process; returns its seconds."""
+         quiet: bool, lines=None) -> float:
+    """One run (or full supervision when ``name`` is None) in a worker process; returns its seconds.
+
+    Its progress lines go to stdout, or into the queue ``lines`` for the parent to write above its bar.
+    """
     import torch
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     start = time.perf_counter()
     data = prepare_data(config, out_dir)  # the parent built the patch cache: this opens it
-    report = _printer(quiet)
+    report = _printer(quiet) if lines is None else lines.put
     if name is None:
         full_supervision(config, data, out_dir, seed=seed, report=report)
     else:
@@ -1165,20 +1258,42 @@ def _job(config: BenchConfig, name: str | None, seed: int, out_dir: Path, resume
 
 def _run_in_parallel(config: BenchConfig, runs: list[tuple[str, int]], out_dir: Path, *, resume: bool,
                      accept_drift: bool, quiet: bool,
-                     jobs: int, with_full_supervision: bool, report: Callable[[str], None]) -> None:
-    """Runs in ``jobs`` spawned processes; the first failure cancels what has not started and is raised."""
+                     jobs: int, with_full_supervision: bool, report: Callable[[str], None], bars: bool = False) -> None:
+    """Runs in ``jobs`` spawned processes; the first failure cancels what has not started and is raised.
+
+    With ``bars``, a bar over the jobs on stdout; the workers' lines then come through a queue to be
+    written above it (a worker printing itself would break the bar's line).
+    """
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from contextlib import nullcontext
 
     todo = ([(None, 0)] if with_full_supervision else []) + list(runs)
     report(f"{len(todo)} jobs ({len(runs)} runs{' + full supervision' if with_full_supervision else ''}) "
            f"in {jobs} processes of {config.threads or 'default'} torch thread(s) each")
     started, done = time.perf_counter(), 0
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_job, config, name, seed, out_dir, resume, accept_drift, quiet): (name, seed) for name, seed in todo}
+    context = multiprocessing.get_context("spawn")
+
+    def relay(lines) -> None:
+        while lines is not None:
+            try:
+                report(lines.get_nowait())
+            except queue.Empty:
+                return
+
+    with (context.Manager() if bars else nullcontext()) as manager, \
+            ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool, \
+            progress_bar(len(todo), desc="jobs", unit="job", enabled=bars, file=sys.stdout, smoothing=0) as bar:
+        lines = manager.Queue() if bars else None
+        futures = {pool.submit(_job, config, name, seed, out_dir, resume, accept_drift, quiet, lines): (name, seed)
+                   for name, seed in todo}
         pending = set(futures)
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            # Each job's line as it ends (and the workers' lines every second with a bar); a failure still
+            # ends the wait at once.
+            finished, pending = wait(pending, timeout=None if lines is None else 1.0, return_when=FIRST_COMPLETED)
+            relay(lines)
             for future in finished:
                 name, seed = futures[future]
                 what = "full supervision" if name is None else f"{name} seed {seed}"
@@ -1189,6 +1304,7 @@ def _run_in_parallel(config: BenchConfig, runs: list[tuple[str, int]], out_dir: 
                     kind = type(error) if isinstance(error, (ValueError, FileNotFoundError, FileExistsError)) else RuntimeError
                     raise kind(f"Bench job {what} failed: {error}") from error
                 done += 1
+                bar.update()
                 elapsed = time.perf_counter() - started
                 left = elapsed / done * (len(todo) - done)
                 report(f"job {done}/{len(todo)} done: {what} in {future.result() / 60:.1f} min"
@@ -1196,7 +1312,7 @@ def _run_in_parallel(config: BenchConfig, runs: list[tuple[str, int]], out_dir: 
 
 
 def run_grid(config: BenchConfig, *, resume: bool = False, quiet: bool = False, jobs: int = 1,
-             accept_drift: bool = False) -> list[Path]:
+             accept_drift: bool = False, progress: bool | None = False) -> list[Path]:
     """Table 2: FocAnnot over patch size x overlap x clusters, one output folder per combination.
 
     Patch sizes are the paper's (64, 128, 256) scaled by ``config.scale``.
@@ -1209,5 +1325,5 @@ def run_grid(config: BenchConfig, *, resume: bool = False, quiet: bool = False, 
                 sub = config.replace(patch_size=l, overlap=overlap, clusters=k,
                                      out_dir=str(Path(config.out_dir) / f"grid-l{l}-rho{overlap:g}-k{k}"))
                 reports.append(run_bench(sub, resume=resume, quiet=quiet, with_full_supervision=False, jobs=jobs,
-                                         accept_drift=accept_drift))
+                                         accept_drift=accept_drift, progress=progress))
     return reports
