@@ -6,13 +6,16 @@ The library is silent by default; the commands where a person waits (``focal-al 
 """
 from __future__ import annotations
 
+import math
 import sys
 from typing import IO
+
+import numpy as np
 
 from skorch.callbacks import Callback
 from tqdm import tqdm
 
-__all__ = ["TrainingProgress", "progress_bar", "shows_progress"]
+__all__ = ["RoundsBar", "TrainingProgress", "progress_bar", "rounds_left", "shows_progress"]
 
 
 def shows_progress(enabled: bool | None, file: IO | None = None) -> bool:
@@ -61,6 +64,60 @@ def progress_bar(total: int | None = None, *, desc: str | None = None, unit: str
     file = sys.stderr if file is None else file
     return tqdm(total=total, desc=desc, unit=unit, file=file, disable=not shows_progress(enabled, file),
                 dynamic_ncols=True, **kwargs)
+
+
+def rounds_left(records: list[dict], *, budget: float, step: float) -> int:
+    """An estimate of the rounds a bench run has left to ``budget`` (round 0 included for a run not
+    begun): its mean gain in cost per round so far, else one ``step`` a round after round 0's step."""
+    if not records:
+        return 1 + max(1, math.ceil(round((budget - step) / step, 9)))
+    cost = records[-1]["cost"]
+    if cost >= budget - 1e-12:
+        return 0
+    gains = np.diff([r["cost"] for r in records])
+    gain = float(gains.mean()) if len(gains) and gains.mean() > 0 else step
+    return max(1, math.ceil(round((budget - cost) / gain, 9)))
+
+
+class RoundsBar:
+    """A bar over the rounds of all runs of a bench invocation, on stdout above the per-round lines.
+
+    Its total is the rounds done plus an estimate of those left (:func:`rounds_left`), refined
+    after every round and exact once a run ends; its ETA is tqdm's, from the mean time of the
+    rounds done in this invocation (``smoothing=0``), so it is there from the first round on.
+
+    Parameters
+    ----------
+    records : dict
+        Each run's records committed so far (where the bar starts), keyed by run.
+    budget, step : float
+        The bench's budget and step (fractions of the training pixels).
+    enabled : bool or None
+        As for :func:`progress_bar`.
+    """
+
+    def __init__(self, records: dict, *, budget: float, step: float, enabled: bool | None):
+        self.budget, self.step = budget, step
+        self.done = {run: len(r) for run, r in records.items()}
+        self.left = {run: rounds_left(r, budget=budget, step=step) for run, r in records.items()}
+        self.bar = progress_bar(self._total(), desc="rounds", unit="round", enabled=enabled, file=sys.stdout,
+                                initial=sum(self.done.values()), smoothing=0)
+
+    def _total(self) -> int:
+        return sum(self.done.values()) + sum(self.left.values())
+
+    def update(self, run, records: list[dict], *, finished: bool = False) -> None:
+        self.done[run] = len(records)
+        self.left[run] = 0 if finished else rounds_left(records, budget=self.budget, step=self.step)
+        self.bar.total = self._total()
+        self.bar.update(sum(self.done.values()) - self.bar.n)
+        self.bar.refresh()
+
+    def __enter__(self) -> "RoundsBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 class TrainingProgress(Callback):

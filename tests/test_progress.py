@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from focal_al.bench.config import preset_config
-from focal_al.bench.runner import _rounds_left, full_supervision, prepare_data, run_bench
+from focal_al.bench.runner import full_supervision, prepare_data, run_bench
+from focal_al.progress import rounds_left
 from focal_al.cli import main
 from focal_al.datasets import make_synthetic
 from focal_al.progress import TrainingProgress, progress_bar, shows_progress
@@ -76,10 +77,10 @@ def test_a_bar_is_drawn_where_asked_or_on_a_terminal_only():
 
 def test_the_rounds_a_run_has_left_are_estimated_from_its_gains():
     config = preset_config("quick", **TINY)
-    assert _rounds_left(config, []) == 3  # round 0, then (0.3 - 0.1) / 0.1 query rounds
-    assert _rounds_left(config.replace(step=0.05, budget=0.15), []) == 3  # not 4 by float rounding
-    assert _rounds_left(config, [{"cost": 0.1}, {"cost": 0.15}]) == 3  # 0.05 a round so far
-    assert _rounds_left(config, [{"cost": 0.1}, {"cost": 0.2}, {"cost": 0.3}]) == 0
+    assert rounds_left([], budget=config.budget, step=config.step) == 3  # round 0, then (0.3 - 0.1) / 0.1 query rounds
+    assert rounds_left([], budget=0.15, step=0.05) == 3  # not 4 by float rounding
+    assert rounds_left([{"cost": 0.1}, {"cost": 0.15}], budget=config.budget, step=config.step) == 3  # 0.05 a round so far
+    assert rounds_left([{"cost": 0.1}, {"cost": 0.2}, {"cost": 0.3}], budget=config.budget, step=config.step) == 0
 
 
 def test_the_training_callback_counts_the_steps_and_changes_no_weight(capsys):

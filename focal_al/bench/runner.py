@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -34,7 +33,7 @@ from skorch.callbacks import Callback
 from focal_al.bench.config import GRID, BenchConfig, BenchStrategy, default_glas_dir, resolve_strategy
 from focal_al.bench.records import atomic_write_json
 from focal_al.registry import strategy_takes
-from focal_al.progress import TrainingProgress, progress_bar, shows_progress
+from focal_al.progress import RoundsBar, TrainingProgress, progress_bar, shows_progress
 
 STATE_VERSION = 1
 #: Config fields that define a run's protocol: resuming with any of them changed is refused. The
@@ -923,51 +922,6 @@ def _progress_line(spec: BenchStrategy, seed: int, records: list[dict], budget: 
             f"eval {last['eval_seconds']:.0f}s{eta})")
 
 
-def _rounds_left(config: BenchConfig, records: list[dict]) -> int:
-    """An estimate of the rounds a run has left to the budget (round 0 included for a run not begun):
-    its mean gain in cost per round so far, else one ``step`` a round after round 0's step."""
-    if not records:
-        return 1 + max(1, math.ceil(round((config.budget - config.step) / config.step, 9)))
-    cost = records[-1]["cost"]
-    if cost >= config.budget - 1e-12:
-        return 0
-    gains = np.diff([r["cost"] for r in records])
-    gain = float(gains.mean()) if len(gains) and gains.mean() > 0 else config.step
-    return max(1, math.ceil(round((config.budget - cost) / gain, 9)))
-
-
-class _RoundsBar:
-    """A bar over the rounds of all runs of an invocation, on stdout above the per-round lines.
-
-    Its total is the rounds done plus an estimate of those left (:func:`_rounds_left`), refined
-    after every round and exact once a run ends; its ETA is tqdm's, from the mean time of the
-    rounds done in this invocation (``smoothing=0``), so it is there from the first round on.
-    """
-
-    def __init__(self, config: BenchConfig, records: dict, *, enabled: bool):
-        self.config = config
-        self.done = {run: len(r) for run, r in records.items()}
-        self.left = {run: _rounds_left(config, r) for run, r in records.items()}
-        self.bar = progress_bar(self._total(), desc="rounds", unit="round", enabled=enabled, file=sys.stdout,
-                                initial=sum(self.done.values()), smoothing=0)
-
-    def _total(self) -> int:
-        return sum(self.done.values()) + sum(self.left.values())
-
-    def update(self, run, records: list[dict], *, finished: bool = False) -> None:
-        self.done[run] = len(records)
-        self.left[run] = 0 if finished else _rounds_left(self.config, records)
-        self.bar.total = self._total()
-        self.bar.update(sum(self.done.values()) - self.bar.n)
-        self.bar.refresh()
-
-    def __enter__(self) -> "_RoundsBar":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
-
-
 # ----------------------------------------------------------------------------------- whole bench
 
 
@@ -1154,7 +1108,7 @@ def run_bench(config: BenchConfig, *, resume: bool = False, quiet: bool = False,
         # Each run's measured seconds over all its rounds, whichever process ran them: a resumed or
         # finished run found on resume still tells how long a whole run takes.
         durations = []
-        with _RoundsBar(config, found, enabled=bars) as rounds:
+        with RoundsBar(found, budget=config.budget, step=config.step, enabled=bars) as rounds:
             for k, (name, seed) in enumerate(runs, start=1):
                 start = time.perf_counter()
 
