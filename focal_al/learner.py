@@ -599,6 +599,14 @@ class PatchActiveLearner(BaseLearner):
             fit_kwargs.setdefault("X_unlabelled", self._pool)
         if warm and hasattr(self.estimator, "partial_fit"):
             self.estimator.partial_fit(X, y, **fit_kwargs)
+        elif getattr(self.estimator, "warm_start", False) is True and hasattr(self.estimator, "set_params"):
+            # Not warm means fresh weights, also for an estimator whose own fit would warm start
+            # (a skorch net built with warm_start=True, as the bench builds it for a periodic reset).
+            self.estimator.set_params(warm_start=False)
+            try:
+                self.estimator.fit(X, y, **fit_kwargs)
+            finally:
+                self.estimator.set_params(warm_start=True)
         else:
             self.estimator.fit(X, y, **fit_kwargs)
 

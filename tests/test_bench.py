@@ -804,6 +804,13 @@ def test_a_periodic_reset_retrains_from_fresh_weights_every_k_rounds(tmp_path, m
     assert len(rounds) >= 4 and len(warm) == len(rounds)
     # Round 0 is the initial fit; rounds 2, 4, ... retrain from fresh weights, the others continue.
     assert warm[1:] == [k % 2 != 0 for k in range(1, len(rounds))]
+    # Fresh weights indeed (the bench's net warm starts its own fit): the same rounds without the
+    # reset agree up to round 1 and differ from round 2 on.
+    run_bench(tiny(tmp_path / "warm", strategies=("random-patch",), budget=0.5), with_full_supervision=False,
+              quiet=True)
+    continued = read_json(tmp_path / "warm" / "runs" / "random-patch-seed0" / "rounds.json")
+    assert without_timings(continued[:2]) == without_timings(rounds[:2])
+    assert continued[2]["dice"] != rounds[2]["dice"]
     refused = CliRunner().invoke(main, ["bench", *TINY_CLI, "--reset-every", "0", "--out-dir", str(tmp_path / "x")])
     assert refused.exit_code != 0 and "reset_every" in refused.output
 
