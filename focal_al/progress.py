@@ -15,7 +15,7 @@ import numpy as np
 from skorch.callbacks import Callback
 from tqdm import tqdm
 
-__all__ = ["RoundsBar", "TrainingProgress", "progress_bar", "rounds_left", "shows_progress"]
+__all__ = ["RoundsBar", "TrainingProgress", "progress_bar", "rounds_left", "scoring_with_progress", "shows_progress"]
 
 
 def shows_progress(enabled: bool | None, file: IO | None = None) -> bool:
@@ -167,3 +167,22 @@ class TrainingProgress(Callback):
         if getattr(self, "bar_", None) is not None:
             self.bar_.close()
         self.bar_ = None
+
+
+def scoring_with_progress(learner, X_pool, rows):
+    """A learner scorer (``PatchActiveLearner(scorer=...)``): the network's ``score_pool`` over the
+    pool rows in chunks, with a bar on stderr.
+
+    A chunk is a whole number of the network's inference batches, so every batch, and every score,
+    is that of the one pass over ``X_pool[rows]`` that the learner makes by default.
+    """
+    from focal_al.scores import PoolScores
+
+    net = learner.estimator
+    chunk = 64 * net._inference_batch_size(None, np.shape(X_pool))
+    parts = []
+    with progress_bar(len(rows), desc="scoring", unit="patch", enabled=True) as bar:
+        for start in range(0, max(len(rows), 1), chunk):
+            parts.append(net.score_pool(X_pool[rows[start:start + chunk]]))
+            bar.update(len(parts[-1]))
+    return PoolScores.concatenate(parts)

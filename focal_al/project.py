@@ -834,7 +834,7 @@ class AnnotationProject:
         pathlib.Path
             The round's folder.
         """
-        from focal_al.progress import shows_progress
+        from focal_al.progress import scoring_with_progress, shows_progress
         from focal_al.registry import strategy_info
 
         still_open = self.open_regions()
@@ -876,7 +876,7 @@ class AnnotationProject:
         if strategy == "random-patch" and scorer is None:
             scorer = _no_scores  # random regions read no score: no pass of the (maybe untrained) network
         if scorer is None and shows_progress(progress):
-            scorer = _score_with_progress
+            scorer = scoring_with_progress
         learner = self.learner(net, strategy=strategy, strategy_params=strategy_params, round_=round_, scorer=scorer)
         pool = self.store.patches
         try:
@@ -1338,31 +1338,6 @@ class AnnotationProject:
                 written += [mask_file, geojson_file]
                 bar.update()
         return written
-
-
-def _score_with_progress(learner, X_pool, rows):
-    """The network's ``score_pool`` over the pool rows, in chunks, with a progress bar on stderr.
-
-    A chunk is a whole number of the network's inference batches, so every batch, and every score,
-    is that of the one pass over ``X_pool[rows]`` that the learner makes by default.
-    """
-    from focal_al.progress import progress_bar
-    from focal_al.scores import PoolScores
-
-    net = learner.estimator
-    chunk = 64 * net._inference_batch_size(None, np.shape(X_pool))
-    parts = []
-    with progress_bar(len(rows), desc="scoring", unit="patch", enabled=True) as bar:
-        for start in range(0, max(len(rows), 1), chunk):
-            parts.append(net.score_pool(X_pool[rows[start:start + chunk]]))
-            bar.update(len(parts[-1]))
-    if len(parts) == 1:
-        return parts[0]
-    return PoolScores(entropy=np.concatenate([p.entropy for p in parts]),
-                      margin=np.concatenate([p.margin for p in parts]),
-                      least_confidence=np.concatenate([p.least_confidence for p in parts]),
-                      descriptors=np.concatenate([p.descriptors for p in parts]),
-                      extras={k: np.concatenate([p.extras[k] for p in parts]) for k in parts[0].extras})
 
 
 def _no_scores(learner, X_pool, rows):

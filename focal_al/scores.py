@@ -68,6 +68,18 @@ class PoolScores:
     def __len__(self) -> int:
         return len(self.entropy)
 
+    @classmethod
+    def concatenate(cls, parts) -> "PoolScores":
+        """The scores of consecutive chunks of a pool, as one (the chunks' extras must match)."""
+        parts = list(parts)
+        if len(parts) == 1:
+            return parts[0]
+        return cls(entropy=np.concatenate([p.entropy for p in parts]),
+                   margin=np.concatenate([p.margin for p in parts]),
+                   least_confidence=np.concatenate([p.least_confidence for p in parts]),
+                   descriptors=np.concatenate([p.descriptors for p in parts]),
+                   extras={k: np.concatenate([p.extras[k] for p in parts]) for k in parts[0].extras})
+
     def take(self, indices) -> "PoolScores":
         """The scores of a subset of samples, in the order of ``indices``."""
         indices = np.asarray(indices)

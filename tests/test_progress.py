@@ -100,12 +100,12 @@ def test_the_training_callback_counts_the_steps_and_changes_no_weight(capsys):
 
 def test_scoring_in_chunks_gives_the_scores_of_one_pass(capsys):
     from focal_al.estimator import SegmentationNet
-    from focal_al.project import _score_with_progress
+    from focal_al.progress import scoring_with_progress
 
     net = SegmentationNet(module__width=2, module__depth=2, batch_size=2, random_state=0, threads=None).initialize()
     pool = np.random.default_rng(1).integers(0, 255, (300, 3, 16, 16), dtype=np.uint8)
     rows = np.sort(np.random.default_rng(2).choice(300, size=290, replace=False))  # 3 chunks of 128 patches
-    chunked = _score_with_progress(SimpleNamespace(estimator=net), pool, rows)
+    chunked = scoring_with_progress(SimpleNamespace(estimator=net), pool, rows)
     whole = net.score_pool(pool[rows])
     for name in ("entropy", "margin", "least_confidence", "descriptors"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
