@@ -188,14 +188,30 @@ def test_render_report_contains_the_table(two_strategies):
     assert "![Fig. 4](figures/learning-curves-dice.png)" in text
     assert "- torch: 2.13.0" in text
     assert "1 IU: one seed only: no spread over seeds." in text
-    assert "Cost saved vs 1-image-iu" in text
+    assert "Cost saved vs 1 IU" in text  # no random patches here: the paper's image-level reference
 
 
 def test_render_report_without_reference_has_no_cost_saved_column():
-    rows = summarize(make_run("random-patch", 0, [0.1, 0.2], [0.5, 0.6]) + make_run("7", 0, [0.1, 0.2], [0.5, 0.7]))
+    rows = summarize(make_run("a", 0, [0.1, 0.2], [0.5, 0.6]) + make_run("7", 0, [0.1, 0.2], [0.5, 0.7]))
     text = render_report(rows, config={"budget": 0.2}, full_supervision={"dice": 0.9}, figures={})
     assert "Cost saved" not in text.split("## Results")[1].split("\n\n")[1]  # not in the table
-    assert "No 1-image-iu runs: cost saved against image-level IU is not reported." in text
+    assert "No random-patch or 1-image-iu runs: cost saved against a reference is not reported." in text
+
+
+def test_the_results_table_measures_against_random_patches_and_drops_targets_nobody_reached():
+    records = (make_run("random-patch", 0, [0.1, 0.2], [0.5, 0.6], label="Random patches")
+               + make_run("1-image-iu", 0, [0.1, 0.2], [0.5, 0.55], label="1 IU")
+               + make_run("7", 0, [0.1, 0.2], [0.55, 0.7], label="7 FocAnnot"))
+    rows = summarize(records, full_supervision={"dice": 0.9})
+    # The headline's baseline is the reference: FocAnnot reaches random patches' final 0.6 at 0.1 + 0.1/3.
+    assert {r["strategy"]: r["reference"] for r in rows} == dict.fromkeys(["random-patch", "1-image-iu", "7"],
+                                                                           "random-patch")
+    assert next(r for r in rows if r["strategy"] == "7")["cost_saved_vs_reference"] == pytest.approx(1 - (0.4 / 3) / 0.2)
+    text = render_report(rows, config={"budget": 0.2}, full_supervision={"dice": 0.9}, figures={})
+    table = text.split("## Results")[1].split("\n\n")[1]
+    assert "Cost saved vs Random patches" in table
+    assert "Cost to 95 % FS" not in table.split("\n")[0]  # nobody reached 0.855: no column of "not reached"
+    assert "no strategy's mean curve reached either within the budget" in text
 
 
 # --- records ----------------------------------------------------------------------------------
