@@ -131,6 +131,8 @@ def compare(folders: dict, budgets, *, partial: bool = False) -> tuple[dict, lis
             result["against_random"][f"{name}/{strategy}"] = p
             lines.append(f"| {name} | {strategy} | {','.join(map(str, p['seeds']))} | {_interval(p['aubc'])} | "
                          + " | ".join(_interval(iv) for iv in p["dice_at"].values()) + " |")
+    if not result["against_random"]:
+        lines[-2:] = ["(no strategy beside random patches in these folders)"]
     lines += ["", "Δ is the second minus the first, averaged over the paired seeds, with a two-sided 95 % "
               "t-interval over the seeds' differences (1 seed: no interval). AUBC is over the cost range "
               "both runs of every pair cover."]
