@@ -185,3 +185,24 @@ def test_slides_end_to_end_store_distributed_scoring_query(tmp_path, slides):
     assert len(set(picked.tolist())) == 5
     # The selection lands in level-0 pixels, where QuPath's annotations are.
     np.testing.assert_array_equal(store.coords_level0[np.sort(picked)], store.coords[np.sort(picked)] * 2)
+
+
+def test_tissue_detection_in_numpy_equals_scikit_image():
+    """The overview's block means, saturation, luminance and Otsu threshold (numpy, to keep a slide
+    project's memory low) are scikit-image's, including the partial blocks at the border."""
+    from skimage.color import rgb2gray, rgb2hsv
+    from skimage.filters import threshold_otsu
+    from skimage.measure import block_reduce
+
+    from focal_al.slides import _block_mean, _grey, _otsu, _saturation
+
+    rng = np.random.default_rng(0)
+    for shape in ((37, 53, 3), (64, 64, 3)):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        np.testing.assert_allclose(_saturation(image), rgb2hsv(image)[..., 1], atol=1e-6)
+        np.testing.assert_allclose(_grey(image), rgb2gray(image), atol=1e-6)
+        saturation = rgb2hsv(image)[..., 1]
+        assert _otsu(saturation) == pytest.approx(threshold_otsu(saturation))
+        for factor in (1, 3, 4):
+            expected = block_reduce(image.astype(np.float64), (factor, factor, 1), func=np.nanmean, cval=np.nan)
+            np.testing.assert_allclose(_block_mean(image, factor), expected, atol=1e-9)
