@@ -528,11 +528,7 @@ def score(store, weights, scores_path, scheduler, workers, width, depth, batch_s
             from focal_al.registry import get_strategy
             from focal_al.streaming import FileScores
 
-            labels = pool.labels
-            unlabelled = np.concatenate([
-                start + np.flatnonzero((np.asarray(labels[start:start + 4096]) == 255).reshape(
-                    min(4096, len(pool) - start), -1).all(axis=1))
-                for start in range(0, len(pool), 4096)])
+            unlabelled = pool.unlabelled_rows()
             if n_query > len(unlabelled):
                 raise ValueError(f"--query {n_query} asks for more patches than the {len(unlabelled)} unlabelled ones.")
             view = FileScores(scores, unlabelled)

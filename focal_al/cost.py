@@ -63,6 +63,7 @@ class RevealedPixels:
             raise ValueError("RevealedPixels needs at least one image shape.")
         self.image_shapes = shapes
         self._masks = [np.zeros(s, dtype=bool) for s in shapes]
+        self._n_revealed = 0  # kept with every reveal: the cost is read after each patch of a capped query
 
     def __len__(self) -> int:
         return len(self._masks)
@@ -71,6 +72,7 @@ class RevealedPixels:
         """An independent copy (masks included)."""
         other = RevealedPixels(self.image_shapes)
         other._masks = [m.copy() for m in self._masks]
+        other._n_revealed = self._n_revealed
         return other
 
     def _check_image(self, i) -> int:
@@ -109,7 +111,9 @@ class RevealedPixels:
             y0, x0 = max(int(y), 0), max(int(x), 0)
             y1, x1 = min(int(y) + patch_size, h), min(int(x) + patch_size, w)
             if y1 > y0 and x1 > x0:
-                self._masks[i][y0:y1, x0:x1] = True
+                region = self._masks[i][y0:y1, x0:x1]
+                self._n_revealed += region.size - int(np.count_nonzero(region))
+                region[...] = True
         return self
 
     def reveal_images(self, image_indices) -> "RevealedPixels":
@@ -124,7 +128,9 @@ class RevealedPixels:
         self
         """
         for i in np.atleast_1d(np.asarray(image_indices)).tolist():
-            self._masks[self._check_image(i)][...] = True
+            mask = self._masks[self._check_image(i)]
+            self._n_revealed += mask.size - int(np.count_nonzero(mask))
+            mask[...] = True
         return self
 
     def mask(self, i: int) -> np.ndarray:
@@ -136,7 +142,7 @@ class RevealedPixels:
     @property
     def n_revealed(self) -> int:
         """Number of unique revealed pixels over all images."""
-        return int(sum(int(m.sum()) for m in self._masks))
+        return self._n_revealed
 
     @property
     def n_total(self) -> int:
@@ -169,6 +175,7 @@ class RevealedPixels:
             if bits.size != h * w:
                 raise ValueError(f"Mask {i} holds {bits.size} pixels; expected {h * w} for shape {(h, w)}.")
             obj._masks[i] = bits.astype(bool).reshape(h, w)
+            obj._n_revealed += int(np.count_nonzero(obj._masks[i]))
         return obj
 
     def __repr__(self) -> str:

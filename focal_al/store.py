@@ -315,6 +315,13 @@ class PatchStore:
     def __len__(self):
         return len(self.image_index)
 
+    def unlabelled_rows(self, *, block: int = 4096) -> np.ndarray:
+        """Indices of the patches with no labelled pixel (every label 255), read ``block`` patches at a time."""
+        parts = [start + np.flatnonzero((np.asarray(self.labels[start:start + block]) == 255)
+                                        .reshape(min(block, len(self) - start), -1).all(axis=1))
+                 for start in range(0, len(self), block)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.intp)
+
     def image_patches(self, image):
         """Indices of the patches of one image.
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-#: Where the repository's sibling ``shared/data`` lives when focal-al runs from a checkout.
 #: Where the source tree's GlaS copy lies (an editable install beside ``shared/``).
 DEFAULT_GLAS_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "glas"
 

@@ -661,6 +661,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
     boundaries = [boundary_map(m) for m in train.masks]  # the effort proxy: outline pixels revealed
     total_boundary = max(1, sum(int(np.count_nonzero(b)) for b in boundaries))
     cu_cd = (None, None)  # mean CU and CD of the last query (Fig. 5); none before the first
+    takes_progress = strategy_takes(spec.strategy, "progress")
 
     while True:
         if state is None or round_ > state["round"]:
@@ -702,7 +703,7 @@ def run_strategy(config: BenchConfig, spec: BenchStrategy, seed: int, data: Benc
         n_query = min(per_round, len(query_pool) - len(learner.labelled_))
         # Strategies that schedule on the budget spent (clasp-pe's noise) are told where the run is.
         schedule = {"progress": budget_progress(records[0]["cost"], learner.revealed_.cost, config.budget)} \
-            if strategy_takes(spec.strategy, "progress") else {}
+            if takes_progress else {}
         chosen, _ = learner.query(query_pool, n_query, random_state=[seed, round_, 1], **schedule)
         if level == "patch" and config.budget_cap:
             chosen = up_to_budget(chosen, learner.revealed_, data.store, config.budget, rng=[seed, round_, 2])
@@ -736,13 +737,10 @@ def up_to_budget(chosen, revealed, store, budget: float, *, rng) -> np.ndarray:
     strategies return their choice in different orders (some by index)."""
     chosen = np.asarray(chosen, dtype=np.intp)
     image_index, coords = np.asarray(store.image_index), np.asarray(store.coords)
-    trial = revealed.copy().reveal_patches(image_index[chosen], coords[chosen], store.patch_size)
-    if trial.cost < budget - 1e-12:
-        return chosen
     order = np.random.default_rng(rng).permutation(len(chosen))
     trial = revealed.copy()
-    for k, j in enumerate(order, start=1):
-        trial.reveal_patches(image_index[chosen[j:j + 1]], coords[chosen[j:j + 1]], store.patch_size)
+    for k, j in enumerate(order, start=1):  # the cost is kept per reveal: one patch's area per step
+        trial.reveal_patches(image_index[chosen[j]], coords[chosen[j]], store.patch_size)
         if trial.cost >= budget - 1e-12:
             return chosen[np.sort(order[:k])]
     return chosen
